@@ -1,0 +1,57 @@
+"""The ``cora`` command line: thin argument parsing over the library.
+
+Every subcommand lives in the module that owns its work and registers itself here through a
+``register(subparsers)`` function, so this file stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cora.errors import CoraError
+
+_REGISTRARS = (
+    "cora.commands.datastore",
+    "cora.commands.index",
+    "cora.commands.retrieve",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="cora",
+        description=(
+            "cora: answer questions in any language from a multilingual passage datastore "
+            "(CORA: mDPR retrieval + multilingual reader + iterative cross-lingual mining)."
+        ),
+        epilog="Run 'cora <command> --help' for the options of each command.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name in _REGISTRARS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except CoraError as err:
+        # User mistakes get one line that says what to do, never a traceback.
+        print(f"cora: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
