@@ -10,8 +10,8 @@ class DataFormatError(CoraError, ValueError):
 
     def __init__(self, path, line: int | None, message: str, field: str | None = None):
         where = f"{path}" + (f":{line}" if line is not None else "")
-        what = f" field '{field}'" if field else ""
-        super().__init__(f"{where}:{what} {message}".replace(": ", ": ", 1))
+        what = f"field '{field}' " if field else ""
+        super().__init__(f"{where}: {what}{message}")
         self.path, self.line, self.field = path, line, field
 
 

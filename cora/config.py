@@ -1,0 +1,52 @@
+"""Typed configurations, saved as JSON next to every artifact and restored from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cora.errors import CoraError
+from cora.fileio import atomic_write_json
+
+T = TypeVar("T")
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    atomic_write_json(path, {"type": type(cfg).__name__, **dataclasses.asdict(cfg)})
+
+
+def load_config(cls: type[T], path: str | os.PathLike) -> T:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CoraError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as err:
+        raise CoraError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    raw.pop("type", None)
+    return config_from_dict(cls, raw, source=str(path))
+
+
+def config_from_dict(cls: type[T], raw: dict, source: str = "config") -> T:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise CoraError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+    return cls(**raw)
+
+
+@dataclass
+class EncoderConfig:
+    """How text becomes a vector: the backbone plus pooling and prefixes (chosen from a registry)."""
+
+    backbone: str = field(metadata={"help": "registered name (e.g. me5-small), Hugging Face model id or folder"})
+    pooling: str = field(default="cls", metadata={"help": "'mean' (attention-masked) or 'cls'"})
+    query_prefix: str = field(default="", metadata={"help": "prepended to questions, e.g. 'query: ' for e5"})
+    passage_prefix: str = field(default="", metadata={"help": "prepended to passages, e.g. 'passage: ' for e5"})
+    normalize: bool = field(default=False, metadata={"help": "L2-normalise embeddings (inner product = cosine)"})
+    query_max_length: int = field(default=64, metadata={"help": "max query tokens"})
+    passage_max_length: int = field(default=512, metadata={"help": "max passage tokens (title + text)"})

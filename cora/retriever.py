@@ -1,0 +1,96 @@
+"""Dense retrieval over a datastore: question -> typed hits with the passage text."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cora.config import EncoderConfig
+from cora.datastore import Datastore
+from cora.errors import CoraError
+from cora.index import DenseIndex
+from cora.languages import detect_language
+from cora.models import Encoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchHit:
+    passage_id: str
+    score: float
+    rank: int
+    lang: str
+    group: str
+    title: str
+    text: str
+    row: int
+
+    def to_dict(self, with_text: bool = True) -> dict:
+        d = asdict(self)
+        if not with_text:
+            d.pop("text")
+        return d
+
+
+class Retriever:
+    """Encoder + index + datastore. ``Retriever.from_pretrained(index_dir).search("question", k=5)``."""
+
+    def __init__(self, encoder: Encoder, index: DenseIndex, datastore: Datastore):
+        index.check_datastore(datastore)
+        if index.config.dim != encoder.dim:
+            raise CoraError(f"encoder dimension {encoder.dim} != index dimension {index.config.dim}")
+        self.encoder, self.index, self.datastore = encoder, index, datastore
+
+    @classmethod
+    def from_pretrained(
+        cls, index_dir: str | os.PathLike, datastore: str | os.PathLike | Datastore | None = None,
+        device: str | None = None,
+    ) -> Retriever:
+        """Load an index folder, its encoder (with the saved encoder config) and its datastore.
+
+        ``datastore`` overrides the path recorded in the index (e.g. after moving it); its fingerprint must match.
+        """
+        index = DenseIndex.load(index_dir)
+        cfg = index.config
+        if datastore is None:
+            if not Path(cfg.datastore).exists():
+                raise CoraError(f"the datastore recorded in {index_dir} ({cfg.datastore}) is gone; pass its new "
+                                "location with --datastore")
+            datastore = cfg.datastore
+        ds = datastore if isinstance(datastore, Datastore) else Datastore(datastore)
+        encoder = Encoder.from_pretrained(cfg.encoder, device=device)
+        saved = EncoderConfig(**cfg.encoder_config)
+        if encoder.config != saved:
+            # The index was built with explicit overrides: search must use the same prefixes/pooling.
+            encoder = Encoder(encoder.model, encoder.tokenizer, saved, device)
+        return cls(encoder, index, ds)
+
+    def search(self, question: str, k: int = 10) -> list[SearchHit]:
+        return self.search_batch([question], k)[0]
+
+    def search_batch(self, questions: Sequence[str], k: int = 10, batch_size: int = 64) -> list[list[SearchHit]]:
+        if k < 1:
+            raise CoraError(f"k must be at least 1, got {k}")
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise CoraError("empty question: ask something")
+        if k > len(self.index):
+            logger.warning("k=%d is larger than the datastore (%d passages); returning all of them", k,
+                           len(self.index))
+        vectors = self.encoder.encode_queries(list(questions), batch_size=batch_size)
+        scores, rows = self.index.search(vectors, k)
+        return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+
+    def _hits(self, scores, rows) -> list[SearchHit]:
+        keep = [(float(s), int(r)) for s, r in zip(scores, rows, strict=True) if r >= 0]
+        passages = self.datastore.rows([r for _, r in keep])
+        return [SearchHit(p.id, s, rank, p.lang, p.group, p.title, p.text, r)
+                for rank, ((s, r), p) in enumerate(zip(keep, passages, strict=True), 1)]
+
+    @staticmethod
+    def detect_language(question: str) -> str:
+        return detect_language(question)
