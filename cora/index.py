@@ -128,7 +128,7 @@ def encode_shard(
 
 def merge_shards(
     out: str | os.PathLike, datastore: Datastore, factory: str, encoder_name: str, encoder_config: EncoderConfig,
-    train_sample: int = 200_000, add_chunk: int = 100_000, seed: int = 0, clean: bool = False,
+    train_sample: int = 200_000, add_chunk: int = 100_000, seed: int = 0, clean: bool = True,
 ) -> DenseIndex:
     """Build the FAISS index from every shard in ``out/shards``; refuses if rows are missing or mismatched."""
     import faiss
