@@ -43,7 +43,9 @@ def register(sub) -> None:
     m.add_argument("--keep-shards", action="store_true", help="keep shard embeddings after merging")
     m.set_defaults(func=_merge)
 
-    i = isub.add_parser("info", help="print an index's saved configuration")
+    i = isub.add_parser("info", help="print an index's saved configuration",
+                        description="Print the configuration saved with an index (FAISS factory, encoder and its "
+                                    "pooling/prefixes, datastore path and fingerprint, vector count) as JSON.")
     i.add_argument("path", help="index folder")
     i.set_defaults(func=_info)
 
@@ -51,8 +53,8 @@ def register(sub) -> None:
 def _build(args) -> int:
     from cora.models import Encoder
 
-    ds = Datastore(args.datastore)
     shard = parse_shard(args.shard) if args.shard else None
+    ds = Datastore(args.datastore)
     encoder = Encoder.from_pretrained(args.encoder, device=args.device)
     index = build_index(ds, encoder, args.out, args.encoder, factory=args.factory, batch_size=args.batch_size,
                         shard=shard)

@@ -1,0 +1,98 @@
+"""Zero-shot cross-lingual retrieval on XQuAD: recall@1/5/20 of the gold group, per language.
+
+Builds two datastores from ../shared/data/xquad (all 12 languages = 2,400 passages; English only = 200
+passages), indexes them with an encoder (default: zero-shot me5-small), retrieves for the questions of the dev
+articles (32-39) in all 12 languages, and reports recall@k of the gold paragraph's group: a hit counts when any
+language version of the gold paragraph is retrieved. The English-only datastore is the cross-lingual, XOR-like
+setting (a question in language X must find an English passage).
+
+XQuAD titles are English in every language file, so they are dropped (a Thai passage titled 'Super Bowl 50'
+would leak English into every language).
+
+    python recipes/xquad_retrieval.py --out runs/xquad-retrieval [--encoder me5-small] [--data ../shared/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+from cora.datastore import Datastore, read_squad
+from cora.index import build_index
+from cora.models import Encoder
+from cora.questions import read_squad_questions
+from cora.retriever import Retriever
+
+LANGS = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
+DEV_ARTICLES = range(32, 40)
+KS = (1, 5, 20)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                    help="the shared data folder (holding xquad/)")
+    ap.add_argument("--encoder", default="me5-small", help="encoder name or folder (default me5-small)")
+    ap.add_argument("--out", default="runs/xquad-retrieval", help="output folder")
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    xquad = Path(args.data) / "xquad"
+    if not xquad.exists():
+        raise SystemExit(f"{xquad} not found: pass --data pointing at the shared data folder")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = Encoder.from_pretrained(args.encoder)
+    questions = list(itertools.chain.from_iterable(
+        read_squad_questions(xquad / f"xquad.{lang}.json", lang, DEV_ARTICLES) for lang in LANGS))
+
+    results = {"encoder": args.encoder, "questions": len(questions), "dev_articles": "32-39", "settings": {}}
+    for setting, langs in (("all-languages", LANGS), ("english-only", ["en"])):
+        ds_dir = out / f"datastore-{setting}"
+        sources = [read_squad(xquad / f"xquad.{lang}.json", lang, keep_titles=False) for lang in langs]
+        ds = Datastore(ds_dir) if ds_dir.exists() else Datastore.build(itertools.chain(*sources), ds_dir)
+        idx_dir = out / f"index-{setting}"
+        t0 = time.time()
+        if not (idx_dir / "index.faiss").exists():
+            build_index(ds, encoder, idx_dir, args.encoder, factory="Flat", batch_size=args.batch_size)
+        encode_s = time.time() - t0
+        retriever = Retriever.from_pretrained(idx_dir, datastore=ds)
+        t0 = time.time()
+        hits = retriever.search_batch([q.question for q in questions], k=max(KS))
+        search_s = time.time() - t0
+        table = group_recall_table(
+            [(q.lang, [h.group for h in hs], q.gold_group) for q, hs in zip(questions, hits, strict=True)], KS)
+        results["settings"][setting] = {"passages": len(ds), "index_seconds": round(encode_s, 1),
+                                        "query_seconds": round(search_s, 1), "recall": table}
+        print(f"\n{setting}: {len(ds)} passages, {len(questions)} questions")
+        print(format_table(table))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def group_recall_table(rows, ks) -> dict:
+    """rows: (lang, ranked groups, gold group) -> {lang: {"R@k": recall}, "macro": ...}."""
+    per: dict[str, list] = {}
+    for lang, ranked, gold in rows:
+        per.setdefault(lang, []).append([gold in ranked[:k] for k in ks])
+    table = {lang: {f"R@{k}": sum(r[i] for r in v) / len(v) for i, k in enumerate(ks)} for lang, v in per.items()}
+    table["macro"] = {f"R@{k}": sum(t[f"R@{k}"] for t in table.values()) / len(per) for k in ks}
+    return table
+
+
+def format_table(table: dict) -> str:
+    langs = [k for k in table if k != "macro"] + ["macro"]
+    head = "| k | " + " | ".join(langs) + " |"
+    rows = [head, "|" + "---|" * (len(langs) + 1)]
+    for k in KS:
+        rows.append(f"| R@{k} | " + " | ".join(f"{100 * table[lang][f'R@{k}']:.1f}" for lang in langs) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

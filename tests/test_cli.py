@@ -1,0 +1,88 @@
+"""The command line, called in-process: help texts, the build -> index -> retrieve path, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cora.cli import build_parser, main
+
+
+def _subcommand_paths(parser, prefix=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommand_paths(sub, (*prefix, name))
+
+
+def test_every_command_has_a_help_text(capsys):
+    paths = list(_subcommand_paths(build_parser()))
+    assert {("datastore", "build"), ("index", "build"), ("index", "merge"), ("retrieve",), ("demo",)} <= set(paths)
+    for path in [(), *paths]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*path, "--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert "usage: cora" in out and len(out) > 200, path
+
+
+def test_build_index_retrieve_round_trip(corpus_file, tiny_encoder_dir, tmp_path, capsys):
+    ds, idx = tmp_path / "ds", tmp_path / "idx"
+    assert main(["datastore", "build", str(corpus_file), "--out", str(ds)]) == 0
+    capsys.readouterr()
+    assert main(["datastore", "info", str(ds), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["size"] == 10 and info["languages"] == {"de": 3, "en": 4, "es": 3}
+    assert main(["index", "build", "--datastore", str(ds), "--encoder", str(tiny_encoder_dir), "--out", str(idx),
+                 "--factory", "Flat", "--device", "cpu"]) == 0
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"id": "1", "question": "der mond umkreist die erde", "lang": "de"}\n'
+                         '{"id": "2", "question": "tea is a drink made from leaves"}\n', encoding="utf-8")
+    hits = tmp_path / "hits.jsonl"
+    assert main(["retrieve", "--index", str(idx), "--questions", str(questions), "--k", "2", "--out", str(hits),
+                 "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in hits.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2"]
+    assert rows[0]["hits"][0]["passage_id"] == "moon-de"
+    assert set(rows[0]["hits"][0]) == {"passage_id", "score", "rank", "lang", "group", "title", "text", "row"}
+    assert rows[1]["lang"] == "en"  # detected
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["datastore", "info", "{tmp}"], "is not a cora datastore"),
+        (["datastore", "build", "{tmp}/nope.jsonl", "--out", "{tmp}/o"], "no such file"),
+        (["index", "build", "--datastore", "{tmp}", "--out", "{tmp}/i"], "is not a cora datastore"),
+        (["index", "build", "--datastore", "{tmp}", "--out", "{tmp}/i", "--shard", "3/2"], "--shard must look like"),
+        (["retrieve", "--index", "{tmp}", "--questions", "{tmp}/q", "--out", "{tmp}/h"], "is not a cora index"),
+    ],
+)
+def test_user_mistakes_get_one_line_errors(argv, message, tmp_path, capsys):
+    (tmp_path / "q").write_text('{"id": "1", "question": "ok"}\n', encoding="utf-8")
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("cora: error: ") and message in err[0]
+
+
+def test_bad_questions_file_names_line_and_field(flat_index_dir, tmp_path, capsys):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"id": "1", "question": "ok"}\n{"id": "2"}\n', encoding="utf-8")
+    assert main(["retrieve", "--index", str(flat_index_dir), "--questions", str(bad), "--out",
+                 str(tmp_path / "h")]) == 2
+    assert "q.jsonl:2: field 'question' is missing" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
+
+
+@pytest.fixture(scope="module")
+def flat_index_dir(datastore, tiny_encoder, tiny_encoder_dir, tmp_path_factory):
+    from cora.index import build_index
+
+    out = tmp_path_factory.mktemp("cli-idx")
+    build_index(datastore, tiny_encoder, out, str(tiny_encoder_dir), factory="Flat", show_progress=False)
+    return out
