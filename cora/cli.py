@@ -16,6 +16,7 @@ _REGISTRARS = (
     "cora.commands.datastore",
     "cora.commands.index",
     "cora.commands.retrieve",
+    "cora.commands.answer",
     "cora.commands.demo",
 )
 

@@ -1,0 +1,66 @@
+"""``cora pipeline create`` and ``cora answer``."""
+
+from __future__ import annotations
+
+import json
+
+from cora.errors import CoraError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pipeline", help="bundle an index and a reader into a pipeline folder",
+                       description="Create a pipeline folder (pipeline.json) that bundles an index (with its "
+                                   "datastore and encoder) and a reader, for 'cora answer' and the Python API.")
+    psub = p.add_subparsers(dest="pipeline_command", metavar="<action>", required=True)
+    c = psub.add_parser("create", help="write pipeline.json",
+                        description="Write DIR/pipeline.json pointing at an index folder and a reader folder.")
+    c.add_argument("--index", required=True, help="index folder")
+    c.add_argument("--reader", required=True, help="reader folder (extractive or seq2seq)")
+    c.add_argument("--out", required=True, help="pipeline folder")
+    c.add_argument("--k", type=int, default=10, help="passages read per question (default 10)")
+    c.add_argument("--no-projection", action="store_true", help="do not project answers through language links")
+    c.set_defaults(func=_create)
+
+    a = sub.add_parser(
+        "answer", help="answer a file of questions (official XOR-TyDi prediction format)",
+        description="Answer every question of a XOR-TyDi-format JSONL file in the question's language and write "
+                    "the official prediction format {id: answer}. --details adds evidence and scores per question.",
+    )
+    a.add_argument("--pipeline", required=True, help="pipeline folder")
+    a.add_argument("--questions", required=True, help="questions JSONL ({id, question, lang?})")
+    a.add_argument("--out", required=True, help="predictions JSON to write ({id: answer})")
+    a.add_argument("--details", help="also write one JSON line per question with evidence and scores")
+    a.add_argument("--k", type=int, help="passages read per question (default: the pipeline's)")
+    a.add_argument("--device", help="cpu or cuda")
+    a.set_defaults(func=_answer)
+
+
+def _create(args) -> int:
+    from cora.pipeline import Pipeline
+
+    Pipeline.create(args.out, args.index, args.reader, k=args.k, projection=not args.no_projection)
+    print(f"pipeline written to {args.out}")
+    return 0
+
+
+def _answer(args) -> int:
+    from tqdm.auto import tqdm
+
+    from cora.fileio import atomic_write_json, atomic_write_text
+    from cora.pipeline import Pipeline
+    from cora.questions import read_questions
+
+    questions = read_questions(args.questions)
+    if not questions:
+        raise CoraError(f"{args.questions}: no questions")
+    pipeline = Pipeline.from_pretrained(args.pipeline, device=args.device)
+    preds, details = {}, []
+    for q in tqdm(questions, desc="answer", unit="q"):
+        answer = pipeline.answer(q.question, q.lang, args.k)
+        preds[q.id] = answer.text
+        details.append(json.dumps({"id": q.id, "question": q.question, **answer.to_dict()}, ensure_ascii=False))
+    atomic_write_json(args.out, preds)
+    if args.details:
+        atomic_write_text(args.details, "\n".join(details) + "\n")
+    print(f"wrote {len(preds)} answers to {args.out}")
+    return 0

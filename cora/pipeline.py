@@ -1,0 +1,87 @@
+"""Retriever + reader + datastore -> Answer(text, lang, evidence), in the question's language."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cora.config import load_config, save_config
+from cora.errors import CoraError
+from cora.languages import check_language, detect_language
+from cora.reader.base import Answer, Reader, load_reader
+from cora.reader.projection import project_answer
+from cora.retriever import Retriever
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_FILE = "pipeline.json"
+
+
+@dataclass
+class PipelineConfig:
+    """Saved as pipeline.json; paths are relative to the pipeline folder unless absolute."""
+
+    index: str = field(metadata={"help": "index folder (holds the encoder config and the datastore path)"})
+    reader: str = field(metadata={"help": "reader folder (extractive or seq2seq)"})
+    k: int = field(default=10, metadata={"help": "passages read per question"})
+    max_k: int = field(default=100, metadata={"help": "largest k a caller may ask for"})
+    projection: bool = field(default=True, metadata={"help": "project answers through language links"})
+
+
+class Pipeline:
+    def __init__(self, retriever: Retriever, reader: Reader, config: PipelineConfig):
+        self.retriever, self.reader, self.config = retriever, reader, config
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None) -> Pipeline:
+        folder = Path(folder)
+        if not (folder / PIPELINE_FILE).exists():
+            raise CoraError(f"{folder} is not a cora pipeline (no {PIPELINE_FILE}); create one with "
+                            "'cora pipeline create'")
+        config = load_config(PipelineConfig, folder / PIPELINE_FILE)
+
+        def resolve(p: str) -> Path:
+            return Path(p) if Path(p).is_absolute() else folder / p
+
+        retriever = Retriever.from_pretrained(resolve(config.index), device=device)
+        return cls(retriever, load_reader(resolve(config.reader), device=device), config)
+
+    @staticmethod
+    def create(folder: str | os.PathLike, index: str | os.PathLike, reader: str | os.PathLike, **kw) -> Path:
+        """Write a pipeline.json that points at an index and a reader (absolute paths)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_config(PipelineConfig(str(Path(index).resolve()), str(Path(reader).resolve()), **kw),
+                    folder / PIPELINE_FILE)
+        return folder
+
+    def answer(self, question: str, lang: str | None = None, k: int | None = None) -> Answer:
+        return self.answer_batch([question], [lang], k)[0]
+
+    def answer_batch(
+        self, questions: Sequence[str], langs: Sequence[str | None] | None = None, k: int | None = None
+    ) -> list[Answer]:
+        k = self.config.k if k is None else int(k)
+        if not 1 <= k <= self.config.max_k:
+            raise CoraError(f"k must be between 1 and {self.config.max_k}, got {k}")
+        langs = list(langs) if langs is not None else [None] * len(questions)
+        if len(langs) != len(questions):
+            raise CoraError(f"{len(questions)} questions but {len(langs)} languages")
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise CoraError("empty question: ask something")
+        langs = [check_language(lang) if lang else detect_language(q) for q, lang in zip(questions, langs,
+                                                                                          strict=True)]
+        hits = self.retriever.search_batch(list(questions), k=k)
+        datastore = self.retriever.datastore
+        answers = []
+        for q, lang, hs in zip(questions, langs, hits, strict=True):
+            passages = datastore.rows([h.row for h in hs])
+            answer = self.reader.read(q, passages, lang)
+            if self.config.projection:
+                answer = project_answer(self.reader, q, answer, datastore)
+            answers.append(answer)
+        return answers

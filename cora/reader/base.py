@@ -1,0 +1,87 @@
+"""The one reader interface: (question, passages, answer language) -> Answer with cited evidence."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cora.config import load_config
+from cora.datastore import Passage
+from cora.errors import CoraError
+
+READER_CONFIG_FILE = "reader_config.json"
+
+
+@dataclass
+class Evidence:
+    """A passage used for the answer, and the character span in it (start/end are None for generated text)."""
+
+    passage_id: str
+    lang: str
+    title: str
+    text: str
+    start: int | None = None
+    end: int | None = None
+    score: float | None = None
+    role: str = "source"  # "source": where the answer was read; "projection": the sibling it was projected into
+
+
+@dataclass
+class Answer:
+    text: str
+    lang: str
+    score: float
+    evidence: list[Evidence] = field(default_factory=list)
+    projected: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ReaderConfig:
+    """Saved as reader_config.json beside the reader's weights."""
+
+    backend: str = field(default="extractive", metadata={"help": "'extractive' (span reader) or 'seq2seq' (mGEN)"})
+    model: str = field(default="me5-small", metadata={"help": "backbone: registered name, HF id or folder"})
+    max_length: int = field(default=384, metadata={"help": "extractive: question + passage tokens per input"})
+    max_answer_tokens: int = field(default=30, metadata={"help": "extractive: longest span, in tokens"})
+    question_prefix: str = field(default="", metadata={"help": "prepended to the question (e.g. 'query: ')"})
+    max_source_length: int = field(default=1000, metadata={"help": "seq2seq: source tokens (CORA: 1000)"})
+    max_target_length: int = field(default=25, metadata={"help": "seq2seq: answer tokens (CORA: 25)"})
+    num_beams: int = field(default=4, metadata={"help": "seq2seq: beams at inference (CORA: 4)"})
+
+
+class Reader(Protocol):
+    config: ReaderConfig
+
+    def read(self, question: str, passages: list[Passage], answer_lang: str) -> Answer: ...
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None: ...
+
+
+def check_read_inputs(question: str, passages: list[Passage]) -> list[Passage]:
+    """Validate what every reader receives; drop passages with no text rather than reading nothing."""
+    if not isinstance(question, str) or not question.strip():
+        raise CoraError("empty question: ask something")
+    kept = [p for p in passages if p.text and p.text.strip()]
+    if not kept:
+        raise CoraError("no passage with text to read the answer from")
+    return kept
+
+
+def load_reader(folder: str | os.PathLike, device: str | None = None) -> Reader:
+    """Load a reader folder, dispatching on the backend recorded in its config (a registry, no guessing)."""
+    from cora.reader.extractive import ExtractiveReader
+    from cora.reader.seq2seq import Seq2SeqGenerator
+
+    backends = {"extractive": ExtractiveReader, "seq2seq": Seq2SeqGenerator}
+    cfg_path = Path(folder) / READER_CONFIG_FILE
+    if not cfg_path.exists():
+        raise CoraError(f"{folder} is not a cora reader (no {READER_CONFIG_FILE})")
+    config = load_config(ReaderConfig, cfg_path)
+    if config.backend not in backends:
+        raise CoraError(f"{cfg_path}: unknown backend {config.backend!r}; choose one of {sorted(backends)}")
+    return backends[config.backend].from_pretrained(folder, device=device)

@@ -1,0 +1,142 @@
+"""The offline default reader: a span head over any Hugging Face encoder, scoring spans jointly across passages."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cora.config import load_config, save_config
+from cora.datastore import Passage
+from cora.errors import CoraError
+from cora.reader.base import READER_CONFIG_FILE, Answer, Evidence, ReaderConfig, check_read_inputs
+from cora.reader.spans import best_spans, joint_span_loss
+
+logger = logging.getLogger(__name__)
+
+HEAD_FILE = "span_head.safetensors"
+
+
+class SpanModel(nn.Module):
+    """A Hugging Face encoder plus a linear start/end head."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.config.hidden_size, 2)
+
+    def forward(self, **batch) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.encoder(**batch).last_hidden_state  # [P, L, H]
+        logits = self.head(hidden)  # [P, L, 2]
+        return logits[..., 0], logits[..., 1]  # [P, L], [P, L]
+
+
+class ExtractiveReader:
+    """Reads the top-k passages with the question and returns the best span over all of them."""
+
+    def __init__(self, model: SpanModel, tokenizer, config: ReaderConfig, device: str | None = None):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+
+    # --- construction and persistence
+    @classmethod
+    def from_backbone(cls, backbone: str = "me5-small", device: str | None = None, **overrides) -> ExtractiveReader:
+        """A new reader with a randomly initialised head over a backbone (to be trained)."""
+        from cora.models import _load_hf_encoder, default_encoder_config, resolve_backbone
+
+        encoder, tokenizer = _load_hf_encoder(resolve_backbone(backbone))
+        prefix = default_encoder_config(backbone).query_prefix
+        config = replace(ReaderConfig(backend="extractive", model=backbone, question_prefix=prefix), **overrides)
+        return cls(SpanModel(encoder), tokenizer, config, device)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None) -> ExtractiveReader:
+        from safetensors.torch import load_file
+
+        from cora.models import _load_hf_encoder
+
+        folder = Path(folder)
+        config = load_config(ReaderConfig, folder / READER_CONFIG_FILE)
+        encoder, tokenizer = _load_hf_encoder(str(folder / "encoder"))
+        model = SpanModel(encoder)
+        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+        return cls(model, tokenizer, config, device)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.encoder.save_pretrained(folder / "encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(folder / "encoder")
+        save_file({k: v.contiguous().cpu() for k, v in self.model.head.state_dict().items()}, str(folder / HEAD_FILE))
+        save_config(self.config, folder / READER_CONFIG_FILE)
+
+    # --- inputs
+    def encode_inputs(self, question: str, passages: list[Passage]) -> dict:
+        """Tokenise (question, passage text) pairs; keep offsets and the mask of passage tokens."""
+        q = self.config.question_prefix + question
+        n_q = len(self.tokenizer(q, add_special_tokens=False)["input_ids"])
+        if n_q > self.config.max_length // 2:
+            logger.warning("question of %d tokens truncated to %d", n_q, self.config.max_length // 2)
+            q = self.tokenizer.decode(self.tokenizer(q, add_special_tokens=False)["input_ids"][
+                : self.config.max_length // 2])
+        enc = self.tokenizer(
+            [q] * len(passages), [p.text for p in passages], truncation="only_second",
+            max_length=self.config.max_length, padding=True, return_offsets_mapping=True, return_tensors="pt",
+        )
+        context = torch.tensor([[sid == 1 for sid in enc.sequence_ids(i)] for i in range(len(passages))])
+        offsets = enc.pop("offset_mapping")
+        return {"inputs": dict(enc), "context": context, "offsets": offsets}
+
+    # --- inference
+    @torch.inference_mode()
+    def read(self, question: str, passages: list[Passage], answer_lang: str) -> Answer:
+        passages = check_read_inputs(question, passages)
+        enc = self.encode_inputs(question, passages)
+        self.model.eval()
+        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
+        spans = best_spans(start.cpu(), end.cpu(), enc["context"], self.config.max_answer_tokens)
+        if not spans:
+            raise CoraError("the passages left no room for an answer span (question too long?)")
+        best = spans[0]
+        p = passages[best.passage]
+        c0 = int(enc["offsets"][best.passage, best.start, 0])
+        c1 = int(enc["offsets"][best.passage, best.end, 1])
+        text = p.text[c0:c1].strip()
+        ev = Evidence(p.id, p.lang, p.title, p.text, c0, c1, best.prob)
+        return Answer(text, answer_lang, best.prob, [ev])
+
+    # --- training
+    def loss(self, question: str, passages: list[Passage], answers: list[str]) -> torch.Tensor:
+        """Joint marginal span loss for one question over its passages (gold = every answer occurrence)."""
+        enc = self.encode_inputs(question, passages)
+        gold_start, gold_end = gold_token_marks(passages, answers, enc["offsets"], enc["context"])
+        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
+        return joint_span_loss(start, end, enc["context"].to(self.device), gold_start.to(self.device),
+                               gold_end.to(self.device))
+
+
+def gold_token_marks(
+    passages: list[Passage], answers: list[str], offsets: torch.Tensor, context: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[P, L] bool marks of the tokens where an answer occurrence starts / ends (exact string matches)."""
+    P, L = context.shape
+    gold_start = torch.zeros(P, L, dtype=torch.bool)
+    gold_end = torch.zeros(P, L, dtype=torch.bool)
+    for i, p in enumerate(passages):
+        for ans in {a.strip() for a in answers if a and a.strip()}:
+            at = p.text.find(ans)
+            while at >= 0:
+                a0, a1 = at, at + len(ans)
+                toks = [t for t in range(L) if context[i, t] and offsets[i, t, 0] < a1 and offsets[i, t, 1] > a0]
+                if toks:
+                    gold_start[i, toks[0]] = True
+                    gold_end[i, toks[-1]] = True
+                at = p.text.find(ans, at + 1)
+    return gold_start, gold_end
