@@ -231,3 +231,25 @@ def test_pipeline_save_load_round_trip_and_cli(tiny_reader, datastore, tiny_enco
     assert preds == {"a": answer.text}
     detail = json.loads((tmp_path / "d.jsonl").read_text())
     assert detail["id"] == "a" and detail["evidence"][0]["passage_id"] == answer.evidence[0].passage_id
+
+
+def test_reader_examples_cross_lingual_pairs_and_dev_split(tmp_path):
+    import json
+
+    from cora.reader.data import XQUAD_TRAIN_ARTICLES, cross_lingual_examples, squad_examples
+
+    def squad(ctx, ans, n_articles=34):
+        return {"data": [{"title": "t", "paragraphs": [{"context": ctx.format(a), "qas": [
+            {"id": f"id{a}", "question": f"q{a}?", "answers": [{"text": ans.format(a), "answer_start": 0}]}]}]}
+            for a in range(n_articles)]}
+
+    (tmp_path / "x.en.json").write_text(json.dumps(squad("A{} is here", "A{}")))
+    (tmp_path / "x.de.json").write_text(json.dumps(squad("B{} ist hier", "B{}")))
+    by_lang = {lang: list(squad_examples(tmp_path / f"x.{lang}.json", lang, XQUAD_TRAIN_ARTICLES))
+               for lang in ("en", "de")}
+    assert len(by_lang["en"]) == 32 and all(ex.id != "id33/en" for ex in by_lang["en"])  # 32, 33 are dev
+    pairs = cross_lingual_examples(by_lang, random.Random(0))
+    assert len(pairs) == 64
+    de_to_en = next(p for p in pairs if p.id == "id5/de->en")
+    assert (de_to_en.question, de_to_en.passages[0].text, de_to_en.answers, de_to_en.answer_lang) == \
+        ("q5?", "A5 is here", ["A5"], "en")
