@@ -17,6 +17,7 @@ _REGISTRARS = (
     "cora.commands.index",
     "cora.commands.retrieve",
     "cora.commands.answer",
+    "cora.commands.evaluate",
     "cora.commands.demo",
 )
 

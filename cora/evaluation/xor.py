@@ -1,0 +1,252 @@
+"""XOR-TyDi QA evaluation: XOR-Full (F1 / EM / BLEU per language) and XOR-Retrieve (R@2kt, R@5kt).
+
+Two modes for XOR-Full:
+
+* ``official`` reproduces CORA's ``eval_scripts/eval_xor_full.py`` (the XOR-TyDi evaluator with the
+  ``"No Answer"`` skip) rule for rule, so numbers are comparable with papers: lowercase, remove ASCII
+  punctuation, delete every 年/歳/人/년, split on whitespace; Japanese gold and predictions are first split into
+  words by MeCab (here fugashi + unidic-lite; the original used MeCab with whatever dictionary was installed), with
+  ・ -> space and 、 -> , in predictions; BLEU is nltk's sentence BLEU-4 over *characters* with no smoothing
+  (the script passes strings), which is ~0 for any answer shorter than 4 characters even when exact. Gold
+  answers starting with "No Answer" are skipped; a missing prediction counts as 0.
+* ``fixed`` keeps the same data handling but measures properly: Unicode punctuation removed, counters removed only
+  after digits (1867年 -> 1867, not 日本人 -> 日本), words segmented for ja (MeCab), zh (jieba), th (pythainlp),
+  km (characters), and BLEU from sacrebleu on those words with exponential smoothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cora.errors import CoraError, DataFormatError
+from cora.evaluation.text import (
+    mecab_wakati,
+    remove_ascii_punctuation,
+    remove_unicode_punctuation,
+    segment,
+    strip_counters_after_digits,
+    token_f1,
+)
+
+logger = logging.getLogger(__name__)
+
+NO_ANSWER = "No Answer"
+MODES = ("official", "fixed")
+
+
+# -------------------------------------------------------------------------------------- official rules
+def official_normalize(s: str) -> str:
+    s = remove_ascii_punctuation(s.lower())
+    for counter in ("年", "歳", "人", "년"):
+        s = s.replace(counter, "")
+    return " ".join(s.split())
+
+
+def official_f1(pred: str, gold: str) -> float:
+    return token_f1(official_normalize(pred).split(), official_normalize(gold).split())
+
+
+def official_em(pred: str, gold: str) -> float:
+    return float(official_normalize(pred) == official_normalize(gold))
+
+
+def nltk_sentence_bleu(references: list, hypothesis, max_n: int = 4) -> float:
+    """nltk.translate.bleu(references, hypothesis) with its defaults (uniform 4-gram weights, no smoothing).
+
+    Sequences may be strings (then n-grams are of characters, as in the official XOR script). A zero count at
+    order n > 1 becomes the smallest float (nltk's method0), so the score underflows to ~0 instead of failing.
+    """
+    hyp_len = len(hypothesis)
+    numerators, denominators = [], []
+    for n in range(1, max_n + 1):
+        counts = Counter(tuple(hypothesis[i : i + n]) for i in range(len(hypothesis) - n + 1))
+        max_ref: Counter = Counter()
+        for ref in references:
+            ref_counts = Counter(tuple(ref[i : i + n]) for i in range(len(ref) - n + 1))
+            for gram in counts:
+                max_ref[gram] = max(max_ref[gram], ref_counts[gram])
+        numerators.append(sum(min(c, max_ref[g]) for g, c in counts.items()))
+        denominators.append(max(1, sum(counts.values())))
+    if numerators[0] == 0:
+        return 0.0
+    ref_len = min((len(r) for r in references), key=lambda r_len: (abs(r_len - hyp_len), r_len))
+    bp = 1.0 if hyp_len > ref_len else (0.0 if hyp_len == 0 else math.exp(1 - ref_len / hyp_len))
+    logs = [math.log(num / den) if num else math.log(2.2250738585072014e-308)
+            for num, den in zip(numerators, denominators, strict=True)]
+    return bp * math.exp(math.fsum(0.25 * x for x in logs))
+
+
+# ----------------------------------------------------------------------------------------- fixed rules
+def fixed_tokens(s: str, lang: str) -> list[str]:
+    s = strip_counters_after_digits(remove_unicode_punctuation(s.lower()))
+    return segment(s, lang)
+
+
+def fixed_bleu(pred_tokens: list[str], gold_token_lists: list[list[str]]) -> float:
+    import sacrebleu
+
+    refs = [" ".join(t) for t in gold_token_lists]
+    return sacrebleu.sentence_bleu(" ".join(pred_tokens), refs, smooth_method="exp", tokenize="none").score / 100
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class LanguageScores:
+    count: int = 0
+    f1: float = 0.0
+    em: float = 0.0
+    bleu: float = 0.0
+    missing: int = 0
+
+
+@dataclass
+class XorResult:
+    mode: str
+    languages: dict[str, LanguageScores] = field(default_factory=dict)
+    skipped_no_answer: int = 0
+    missing: int = 0
+    extra: int = 0
+
+    def macro(self) -> dict[str, float]:
+        langs = [s for s in self.languages.values() if s.count]
+        n = len(langs) or 1
+        return {m: sum(getattr(s, m) for s in langs) / n for m in ("f1", "em", "bleu")}
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "per_language": {k: {"count": v.count, "f1": 100 * v.f1, "em": 100 * v.em, "bleu": 100 * v.bleu,
+                                 "missing": v.missing} for k, v in sorted(self.languages.items())},
+            "macro": {k: 100 * v for k, v in self.macro().items()},
+            "skipped_no_answer": self.skipped_no_answer,
+            "missing_predictions": self.missing,
+            "extra_predictions": self.extra,
+        }
+
+
+def score_one(pred: str, golds: list[str], lang: str, mode: str) -> tuple[float, float, float]:
+    """(f1, em, bleu) of one prediction against its gold answers."""
+    if mode == "official":
+        if lang == "ja":
+            final_golds = [mecab_wakati(g) for g in golds]
+            final_pred = mecab_wakati(pred.replace("・", " ").replace("、", ","))
+        else:
+            final_golds, final_pred = golds, pred
+        f1 = max(official_f1(final_pred, g) for g in final_golds)
+        em = max(official_em(final_pred, g) for g in final_golds)
+        # The official script scores BLEU on the raw prediction against the (wakati) golds.
+        return f1, em, nltk_sentence_bleu(final_golds, pred)
+    if mode == "fixed":
+        pred_toks = fixed_tokens(pred, lang)
+        gold_toks = [fixed_tokens(g, lang) for g in golds]
+        f1 = max(token_f1(pred_toks, g) for g in gold_toks)
+        em = max(float(pred_toks == g) for g in gold_toks)
+        return f1, em, fixed_bleu(pred_toks, gold_toks)
+    raise CoraError(f"unknown mode {mode!r}; choose one of {MODES}")
+
+
+def evaluate_xor_full(gold: list[dict], predictions: dict[str, str], mode: str = "official") -> XorResult:
+    result = XorResult(mode)
+    gold_ids = set()
+    for qa in gold:
+        answers = qa["answers"] if isinstance(qa["answers"], list) else [qa["answers"]]
+        gold_ids.add(qa["id"])
+        if answers and answers[0] == NO_ANSWER:
+            result.skipped_no_answer += 1
+            continue
+        scores = result.languages.setdefault(qa["lang"], LanguageScores())
+        scores.count += 1
+        if qa["id"] not in predictions:
+            scores.missing += 1
+            result.missing += 1
+            continue
+        f1, em, bleu = score_one(predictions[qa["id"]], answers, qa["lang"], mode)
+        scores.f1, scores.em, scores.bleu = scores.f1 + f1, scores.em + em, scores.bleu + bleu
+    for s in result.languages.values():
+        if s.count:
+            s.f1, s.em, s.bleu = s.f1 / s.count, s.em / s.count, s.bleu / s.count
+    result.extra = len(set(predictions) - gold_ids)
+    if result.missing:
+        logger.warning("%d gold questions have no prediction; they score 0 (as in the official script)",
+                       result.missing)
+    if result.extra:
+        logger.warning("%d predictions have ids that are not in the gold file; ignored", result.extra)
+    return result
+
+
+# --------------------------------------------------------------------------------------- XOR-Retrieve
+def xor_retrieve_recall(
+    gold: list[dict], retrieved: dict[str, list[str]], max_tokens: int
+) -> dict[str, dict[str, float]]:
+    """R@{max_tokens} per language: an answer string occurs in the first ``max_tokens`` tokens of the retrieved
+    passages (concatenated in rank order). Yes/no answers are skipped, as in the official script; tokens are
+    whitespace tokens (the official script uses nltk's word_tokenize, which splits punctuation off words: our
+    counts reach the token limit slightly later)."""
+    per_lang: dict[str, list[int]] = {}
+    for qa in gold:
+        answers = [a for a in qa["answers"] if a not in ("yes", "no")]
+        if not answers or qa["id"] not in retrieved:
+            continue
+        tokens: list[str] = []
+        for text in retrieved[qa["id"]]:
+            tokens += text.split()
+            if len(tokens) >= max_tokens:
+                break
+        window = " ".join(tokens[:max_tokens])
+        per_lang.setdefault(qa["lang"], []).append(int(any(a in window for a in answers)))
+    out = {lang: {"count": len(v), "recall": 100 * sum(v) / len(v)} for lang, v in sorted(per_lang.items())}
+    if out:
+        out["macro"] = {"count": sum(v["count"] for v in out.values()),
+                        "recall": sum(v["recall"] for v in out.values()) / len(out)}
+    return out
+
+
+# -------------------------------------------------------------------------------------------- loading
+def read_gold_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise CoraError(f"{path}: no such file")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg})") from None
+            for key in ("id", "answers", "lang"):
+                if key not in obj:
+                    raise DataFormatError(path, line_no, "is missing", field=key)
+            answers = obj["answers"]
+            if isinstance(answers, str):
+                answers = [answers]
+            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+                raise DataFormatError(path, line_no, "must be a non-empty list of strings", field="answers")
+            rows.append({"id": str(obj["id"]), "lang": obj["lang"], "answers": answers,
+                         "question": obj.get("question", "")})
+    return rows
+
+
+def read_predictions(path: str | os.PathLike) -> dict[str, str]:
+    """The official prediction format: one JSON object {question id: answer string}."""
+    path = Path(path)
+    if not path.exists():
+        raise CoraError(f"{path}: no such file")
+    try:
+        preds = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataFormatError(path, err.lineno, f"invalid JSON ({err.msg}); expected {{id: answer}}") from None
+    if not isinstance(preds, dict):
+        raise DataFormatError(path, None, f"expected a JSON object {{id: answer}}, got {type(preds).__name__}")
+    bad = [k for k, v in preds.items() if not isinstance(v, str)]
+    if bad:
+        raise DataFormatError(path, None, f"answers must be strings; {len(bad)} are not (first: id {bad[0]!r} -> "
+                              f"{type(preds[bad[0]]).__name__})")
+    return {str(k): v for k, v in preds.items()}
