@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from cora.datastore import Datastore, read_squad
+from cora.evaluation.retrieval import RankedResult, recall_at_k
 from cora.index import build_index
 from cora.models import Encoder
 from cora.questions import read_squad_questions
@@ -65,24 +66,14 @@ def main(argv=None) -> int:
         t0 = time.time()
         hits = retriever.search_batch([q.question for q in questions], k=max(KS))
         search_s = time.time() - t0
-        table = group_recall_table(
-            [(q.lang, [h.group for h in hs], q.gold_group) for q, hs in zip(questions, hits, strict=True)], KS)
+        table = recall_at_k([RankedResult(q.lang, [h.group for h in hs], frozenset({q.gold_group}))
+                             for q, hs in zip(questions, hits, strict=True)], KS)
         results["settings"][setting] = {"passages": len(ds), "index_seconds": round(encode_s, 1),
                                         "query_seconds": round(search_s, 1), "recall": table}
         print(f"\n{setting}: {len(ds)} passages, {len(questions)} questions")
         print(format_table(table))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return 0
-
-
-def group_recall_table(rows, ks) -> dict:
-    """rows: (lang, ranked groups, gold group) -> {lang: {"R@k": recall}, "macro": ...}."""
-    per: dict[str, list] = {}
-    for lang, ranked, gold in rows:
-        per.setdefault(lang, []).append([gold in ranked[:k] for k in ks])
-    table = {lang: {f"R@{k}": sum(r[i] for r in v) / len(v) for i, k in enumerate(ks)} for lang, v in per.items()}
-    table["macro"] = {f"R@{k}": sum(t[f"R@{k}"] for t in table.values()) / len(per) for k in ks}
-    return table
 
 
 def format_table(table: dict) -> str:
