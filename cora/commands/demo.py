@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 from cora.errors import CoraError
@@ -51,7 +50,7 @@ def run_demo(args) -> int:
         other = sum(h.lang != q.lang for h in hs)
         print(f"[{q.lang}] {q.question}   ({other} of {len(hs)} hits in another language)")
         for h in hs:
-            snippet = textwrap.shorten(h.text, 90, placeholder=" …")
+            snippet = h.text if len(h.text) <= 90 else h.text[:89] + "…"  # by characters: CJK has no spaces
             print(f"   {h.rank}. [{h.lang}] {h.title} ({h.score:.3f}) {snippet}")
         print()
     return 0
