@@ -178,6 +178,17 @@ class Encoder:
         self.tokenizer.save_pretrained(folder)
         save_config(self.config, folder / ENCODER_CONFIG_FILE)
 
+    def quantize_int8(self) -> Encoder:
+        """Dynamic int8 quantisation of every Linear layer (CPU inference only; weights int8, activations
+        quantised per batch). On 2 CPU cores it is the faster path; its recall cost is measured in
+        benchmarks/encode.py and reported in the README's Performance section."""
+        if self.device.type != "cpu":
+            raise CoraError("int8 dynamic quantisation runs on the CPU only")
+        # Per-channel weight scales: one scale per output row loses less than one per matrix.
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+        return self
+
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)

@@ -45,3 +45,12 @@ def test_unknown_pooling_and_missing_folder_are_clear_errors():
         get_pooling("max")
     with pytest.raises(CoraError, match="does not exist"):
         Encoder.from_pretrained("./no/such/model")
+
+
+def test_int8_path_stays_close_to_fp32(tiny_encoder_dir):
+    fp32 = Encoder.from_pretrained(str(tiny_encoder_dir), device="cpu")
+    int8 = Encoder.from_pretrained(str(tiny_encoder_dir), device="cpu").quantize_int8()
+    a, b = fp32.encode(TEXTS), int8.encode(TEXTS)
+    cos = (a * b).sum(1)  # both normalised
+    assert cos.min() > 0.99
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8.model.modules())

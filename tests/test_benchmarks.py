@@ -1,0 +1,43 @@
+"""Keep the benchmark scripts working: each one's --quick mode, in-process, with its JSON written."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _bench_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
+@pytest.mark.parametrize("name, key", [("encode", "rows"), ("search", "rows"), ("generate", "rows"),
+                                       ("answer", "rows"), ("scale", "rows")])
+def test_quick_mode_runs_and_writes_results(name, key, tmp_path, capsys):
+    module = importlib.import_module(name)
+    out = tmp_path / f"{name}.json"
+    assert module.main(["--quick", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results[key] and "machine" in results
+    assert "|" in capsys.readouterr().out  # printed a table
+    if name == "scale":
+        assert results["exact_count"] and results["merged_vectors"] == results["passages"] == 20_000
+    if name == "encode":
+        paths = [r["path"] for r in results["rows"]]
+        assert paths[0].startswith("naive") and any(p.startswith("ours int8") for p in paths)
+
+
+def test_every_script_documents_itself(capsys):
+    for name in ("encode", "search", "generate", "answer", "scale"):
+        module = importlib.import_module(name)
+        with pytest.raises(SystemExit) as exit_:
+            module.main(["--help"])
+        assert exit_.value.code == 0
+        assert "--quick" in capsys.readouterr().out
+    del sys.modules["search"]
