@@ -106,10 +106,17 @@ HF_CONVENTIONS: dict[str, dict] = {
 
 def resolve_backbone(name: str) -> str:
     """A registered name -> its local folder (materialised on first use); anything else is returned as is."""
+    import difflib
+
     if name in BACKBONES:
         return str(BACKBONES[name].materialize(cora_home()))
     if name.startswith(("./", "/", "~")) and not Path(name).expanduser().exists():
         raise CoraError(f"model folder '{name}' does not exist")
+    close = difflib.get_close_matches(name, list(BACKBONES), n=1, cutoff=0.8)
+    if close and not Path(name).expanduser().exists():
+        # A near-miss of a registered name is a typo, not a hub id: fail now instead of after hub retries.
+        raise CoraError(f"unknown registered model {name!r}; did you mean {close[0]!r}? Registered: "
+                        f"{', '.join(BACKBONES)} (or give a Hugging Face id or a local folder)")
     return name
 
 
@@ -147,9 +154,10 @@ def _load_hf_encoder(path_or_id: str):
         except TypeError:
             model = AutoModel.from_pretrained(path_or_id)
     except OSError as err:
+        reason = " ".join(str(err).split())[:300]
         raise CoraError(
-            f"cannot load model '{path_or_id}': {err}. Use a registered name ({', '.join(BACKBONES)}), "
-            "a local folder, or a Hugging Face id with network access."
+            f"cannot load model '{path_or_id}' ({reason}); use a registered name ({', '.join(BACKBONES)}), "
+            "a local folder, or a Hugging Face id with network access"
         ) from None
     return model, tokenizer
 

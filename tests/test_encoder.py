@@ -45,6 +45,8 @@ def test_unknown_pooling_and_missing_folder_are_clear_errors():
         get_pooling("max")
     with pytest.raises(CoraError, match="does not exist"):
         Encoder.from_pretrained("./no/such/model")
+    with pytest.raises(CoraError, match="unknown registered model 'me5-smal'; did you mean 'me5-small'"):
+        Encoder.from_pretrained("me5-smal")
 
 
 def test_int8_path_stays_close_to_fp32(tiny_encoder_dir):
