@@ -4,7 +4,8 @@ Builds two datastores from ../shared/data/xquad (all 12 languages = 2,400 passag
 passages), indexes them with an encoder (default: zero-shot me5-small), retrieves for the questions of the dev
 articles (32-39) in all 12 languages, and reports recall@k of the gold paragraph's group: a hit counts when any
 language version of the gold paragraph is retrieved. The English-only datastore is the cross-lingual, XOR-like
-setting (a question in language X must find an English passage).
+setting (a question in language X must find an English passage). Three rankings per datastore: BM25 (cora.bm25,
+language-aware tokens), the dense encoder, and their reciprocal-rank fusion (top 100 of each, k = 60).
 
 XQuAD titles are English in every language file, so they are dropped (a Thai passage titled 'Super Bowl 50'
 would leak English into every language).
@@ -21,6 +22,7 @@ import logging
 import time
 from pathlib import Path
 
+from cora.bm25 import BM25Index, reciprocal_rank_fusion
 from cora.datastore import Datastore, read_squad
 from cora.evaluation.retrieval import RankedResult, recall_at_k
 from cora.index import build_index
@@ -31,6 +33,7 @@ from cora.retriever import Retriever
 LANGS = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
 DEV_ARTICLES = range(32, 40)
 KS = (1, 5, 20)
+FUSION_DEPTH = 100  # each retriever's top 100 enter the reciprocal-rank fusion
 
 
 def main(argv=None) -> int:
@@ -64,14 +67,27 @@ def main(argv=None) -> int:
         encode_s = time.time() - t0
         retriever = Retriever.from_pretrained(idx_dir, datastore=ds)
         t0 = time.time()
-        hits = retriever.search_batch([q.question for q in questions], k=max(KS))
+        hits = retriever.search_batch([q.question for q in questions], k=FUSION_DEPTH)
         search_s = time.time() - t0
-        table = recall_at_k([RankedResult(q.lang, [h.group for h in hs], frozenset({q.gold_group}))
-                             for q, hs in zip(questions, hits, strict=True)], KS)
+        dense_rows = [[h.row for h in hs] for hs in hits]
+        _, bm25_rows = BM25Index(ds).search([q.question for q in questions], [q.lang for q in questions],
+                                            k=FUSION_DEPTH)
+        rankings = {
+            "BM25": [list(r) for r in bm25_rows],
+            f"dense ({args.encoder})": dense_rows,
+            "hybrid (RRF of both)": [reciprocal_rank_fusion([d, list(b)]) for d, b in zip(dense_rows, bm25_rows,
+                                                                                           strict=True)],
+        }
+        group = ds.dataset["group"]
+        tables = {name: recall_at_k([RankedResult(q.lang, [group[r] for r in ranked[: max(KS)]],
+                                                  frozenset({q.gold_group}))
+                                     for q, ranked in zip(questions, ranks, strict=True)], KS)
+                  for name, ranks in rankings.items()}
         results["settings"][setting] = {"passages": len(ds), "index_seconds": round(encode_s, 1),
-                                        "query_seconds": round(search_s, 1), "recall": table}
+                                        "query_seconds": round(search_s, 1), "recall": tables}
         print(f"\n{setting}: {len(ds)} passages, {len(questions)} questions")
-        print(format_table(table))
+        for name, table in tables.items():
+            print(f"\n{name}\n{format_table(table)}")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return 0
 
