@@ -18,6 +18,7 @@ _REGISTRARS = (
     "cora.commands.retrieve",
     "cora.commands.answer",
     "cora.commands.evaluate",
+    "cora.commands.train",
     "cora.commands.demo",
 )
 

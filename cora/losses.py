@@ -1,0 +1,43 @@
+"""Training losses: small pure functions with the shape of every tensor written beside it."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def contrastive_loss(q: torch.Tensor, p: torch.Tensor, positive_index: torch.Tensor,
+                     temperature: float = 0.05) -> torch.Tensor:
+    """DPR loss over in-batch and hard negatives.
+
+    q: [B, D] question vectors; p: [N, D] every passage of the (global) batch - each question's positive, its
+    hard negatives and everyone else's, which serve as in-batch negatives; positive_index: [B] the row of p that
+    is question i's positive. Returns the mean negative log-likelihood of the positives under a softmax over all
+    N passages, with scores = q . p / temperature.
+    """
+    scores = q @ p.T / temperature  # [B, N]
+    return F.cross_entropy(scores, positive_index)  # []
+
+
+def contrastive_loss_naive(q, p, positive_index, temperature: float = 0.05) -> torch.Tensor:
+    """Per-question loop of the same loss (reference for tests)."""
+    losses = []
+    for i in range(q.shape[0]):
+        scores = torch.stack([q[i] @ p[j] / temperature for j in range(p.shape[0])])  # [N]
+        losses.append(-(scores[positive_index[i]] - torch.logsumexp(scores, 0)))
+    return torch.stack(losses).mean()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [b, D] from every process into [world * b, D], keeping the gradient of the local slice.
+
+    Without torch.distributed (or with one process) it returns ``x`` itself, so single-process training is the
+    same code path. Every process must pass the same b (the trainer's batches are equal-sized by construction).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach())
+    parts[dist.get_rank()] = x  # the local slice carries the gradient
+    return torch.cat(parts, 0)

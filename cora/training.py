@@ -1,0 +1,167 @@
+"""The one training loop (retriever now, reader later), readable top to bottom.
+
+AdamW with linear warmup and decay, gradient accumulation, clipping, bf16 autocast on GPU, periodic dev
+evaluation with best-checkpoint saving, and resume after an interruption with the same data order: the data
+order of epoch e is a pure function of (seed, e), and the loop skips the batches a resumed run has already seen.
+What is specific to a model lives in a small task object (its batches, its loss, its dev metric, how it saves).
+
+Checkpoint layout under ``output_dir``::
+
+    train_config.json    the TrainConfig of the run
+    last/                model (task.save) + trainer_state.pt (optimizer, scheduler, step, position)
+    best/                model with the best dev metric so far + metrics.json
+    log.jsonl            one line per logging step and per evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from cora.config import save_config
+from cora.fileio import atomic_dir, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = field(metadata={"help": "run folder (config, checkpoints, log)"})
+    epochs: int = field(default=1, metadata={"help": "passes over the training data"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "examples per forward pass (per process)"})
+    grad_accum: int = field(default=1, metadata={"help": "forward passes per optimizer step"})
+    lr: float = field(default=3e-5, metadata={"help": "peak learning rate"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warmup"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    eval_every: int = field(default=100, metadata={"help": "optimizer steps between dev evaluations"})
+    save_every: int = field(default=100, metadata={"help": "optimizer steps between resumable checkpoints"})
+    log_every: int = field(default=10, metadata={"help": "optimizer steps between log lines"})
+    seed: int = field(default=0, metadata={"help": "seed of the data order and sampling"})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
+
+
+class Task(Protocol):
+    """What the loop needs from a model: batches in a seeded order, a loss, a dev metric, saving."""
+
+    def num_batches(self, epoch: int) -> int: ...
+
+    def batches(self, epoch: int, rng: random.Random) -> Iterator: ...
+
+    def loss(self, batch) -> torch.Tensor: ...
+
+    def evaluate(self) -> dict[str, float]: ...  # must contain "metric" (higher is better)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def module(self) -> torch.nn.Module: ...
+
+    def save(self, folder: Path) -> None: ...
+
+    def load_weights(self, folder: Path) -> None: ...
+
+
+def train(task: Task, cfg: TrainConfig) -> dict:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "train_config.json")
+    device_type = next(task.module().parameters()).device.type
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device_type == "cuda")
+
+    params = [p for p in task.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # biases and LayerNorm weights
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = math.ceil(task.num_batches(0) / cfg.grad_accum)
+    total = min(cfg.max_steps or 10**12, steps_per_epoch * cfg.epochs)
+    warmup = int(cfg.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "best": -math.inf, "examples": 0}
+    if (out / "last" / "trainer_state.pt").exists():
+        task.load_weights(out / "last")
+        saved = torch.load(out / "last" / "trainer_state.pt", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        torch.set_rng_state(saved["torch_rng"])  # dropout masks continue exactly where they stopped
+        if torch.cuda.is_available() and "cuda_rng" in saved:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        logger.info("resumed from step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch"])
+
+    log = open(out / "log.jsonl", "a", encoding="utf-8")
+    t_start, examples_start = time.time(), state["examples"]
+    done = state["step"] >= total
+    while not done and state["epoch"] < cfg.epochs:
+        task.module().train()
+        rng = random.Random(cfg.seed * 1_000_003 + state["epoch"])  # data order: a function of (seed, epoch)
+        for i, batch in enumerate(task.batches(state["epoch"], rng)):
+            if i < state["batch"]:
+                continue  # seen before the interruption: the same batch, skipped
+            with autocast:
+                loss = task.loss(batch) / cfg.grad_accum
+            loss.backward()
+            state["batch"] = i + 1
+            state["examples"] += len(batch) if hasattr(batch, "__len__") else 1
+            if state["batch"] % cfg.grad_accum:
+                continue
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            step = state["step"]
+            if step % cfg.log_every == 0:
+                rate = (state["examples"] - examples_start) / max(1e-9, time.time() - t_start)
+                _log(log, {"step": step, "loss": loss.item() * cfg.grad_accum, "lr": scheduler.get_last_lr()[0],
+                           "examples_per_s": round(rate, 2)})
+            if step % cfg.eval_every == 0 or step == total:
+                metrics = task.evaluate()
+                task.module().train()
+                _log(log, {"step": step, "eval": metrics})
+                if metrics["metric"] > state["best"]:
+                    state["best"] = metrics["metric"]
+                    with atomic_dir(out / "best", overwrite=True) as tmp:
+                        task.save(tmp)
+                        atomic_write_json(tmp / "metrics.json", {"step": step, **metrics})
+            if step % cfg.save_every == 0 or step == total:
+                _checkpoint(out, task, optimizer, scheduler, state)
+            if step >= total:
+                done = True
+                break
+        else:
+            state["epoch"] += 1
+            state["batch"] = 0
+            _checkpoint(out, task, optimizer, scheduler, state)
+    log.close()
+    return {"steps": state["step"], "best_metric": state["best"], "output_dir": str(out),
+            "examples_per_s": (state["examples"] - examples_start) / max(1e-9, time.time() - t_start)}
+
+
+def _checkpoint(out: Path, task: Task, optimizer, scheduler, state: dict) -> None:
+    with atomic_dir(out / "last", overwrite=True) as tmp:
+        task.save(tmp)
+        extra = {"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state),
+                    "torch_rng": torch.get_rng_state(), **extra}, tmp / "trainer_state.pt")
+
+
+def _log(fh, record: dict) -> None:
+    logger.info("%s", record)
+    fh.write(json.dumps(record) + "\n")
+    fh.flush()
+
+
+__all__ = ["TrainConfig", "Task", "train"]

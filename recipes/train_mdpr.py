@@ -1,0 +1,96 @@
+"""Fine-tune mDPR from me5-small on the shared SQuAD-format sets, then compare on XQuAD dev.
+
+1. Training questions: XQuAD articles 0-31 (12 languages), TyDi GoldP (en, ko, sw), JaQuAD, ARCD, DRCD, SQuAD-it and
+   SQuAD-es articles 0-31. SQuAD-es translates the same 40 SQuAD articles as XQuAD, so its articles 32-39 would
+   leak the dev paragraphs in Spanish: they are left out, like XQuAD's.
+2. A training datastore of their paragraphs; DPR examples with the gold paragraph, its language-linked versions
+   (XQuAD) as positives, and BM25 hard negatives (top 30 without an answer, outside the gold group).
+3. Dev: questions of XQuAD articles 32-39 (all 12 languages, --dev-per-lang each) against those paragraphs.
+4. `cora train retriever` with recipes/mdpr_me5_small.json; the best checkpoint is runs/mdpr/run/best.
+5. Compare: python recipes/xquad_retrieval.py --encoder runs/mdpr/run/best --out runs/xquad-mdpr
+
+    python recipes/train_mdpr.py --out runs/mdpr [--config recipes/mdpr_me5_small.json] [--limit-per-source N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import random
+from pathlib import Path
+
+from cora.bm25 import BM25Index
+from cora.cli import main as cora_main
+from cora.datastore import Datastore, read_squad
+from cora.questions import read_squad_questions
+from cora.retriever_training import build_examples, write_examples
+
+XQUAD_LANGS = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
+TRAIN_ARTICLES, DEV_ARTICLES = range(0, 32), range(32, 40)
+
+
+def sources(data: Path):
+    """(path, lang, articles) of every training file."""
+    out = [(data / "xquad" / f"xquad.{lang}.json", lang, TRAIN_ARTICLES) for lang in XQUAD_LANGS]
+    out += [(data / "tydiqa-goldp" / f"{name}_tydiqa_train.json", lang, None)
+            for name, lang in (("english", "en"), ("korean", "ko"), ("swahili", "sw"))]
+    out += [(p, "ja", None) for p in sorted((data / "jaquad").glob("jaquad_train_*.json"))]
+    out += [(data / "arcd" / "arcd-train.json", "ar", None), (data / "drcd" / "DRCD_dev.json", "zh-TW", None),
+            (data / "squad-it" / "SQuAD_it-test.json", "it", None),
+            (data / "squad-es" / "dev-v1.1-es_small.json", "es", TRAIN_ARTICLES)]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--out", default="runs/mdpr")
+    ap.add_argument("--config", default=str(Path(__file__).with_name("mdpr_me5_small.json")))
+    ap.add_argument("--limit-per-source", type=int, help="at most N questions per source file (smoke runs)")
+    ap.add_argument("--dev-per-lang", type=int, default=40, help="dev questions per XQuAD language (default 40)")
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed on to 'cora train retriever'")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data, out = Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    files = sources(data)
+    train_ds_dir = out / "train-datastore"
+    if not train_ds_dir.exists():
+        Datastore.build(itertools.chain.from_iterable(
+            read_squad(p, lang, keep_titles=(p.parent.name != "xquad"), articles=arts) for p, lang, arts in files),
+            train_ds_dir)
+    train_ds = Datastore(train_ds_dir)
+    if not (out / "train.json").exists():
+        questions = []
+        for p, lang, arts in files:
+            qs = [q for q in read_squad_questions(p, lang, arts) if q.answers]
+            questions += qs[: args.limit_per_source] if args.limit_per_source else qs
+        assert all(q.article < 32 for q in questions if "xquad" in q.gold_passage), "dev article leaked"
+        examples = build_examples(questions, train_ds, BM25Index(train_ds), hard_negatives=3)
+        write_examples(examples, out / "train.json")
+        logging.info("%d training examples from %d questions", len(examples), len(questions))
+
+    dev_ds_dir = out / "dev-datastore"
+    if not dev_ds_dir.exists():
+        Datastore.build(itertools.chain.from_iterable(
+            read_squad(data / "xquad" / f"xquad.{lang}.json", lang, keep_titles=False, articles=DEV_ARTICLES)
+            for lang in XQUAD_LANGS), dev_ds_dir)
+    rng = random.Random(0)
+    dev = []
+    for lang in XQUAD_LANGS:
+        qs = list(read_squad_questions(data / "xquad" / f"xquad.{lang}.json", lang, DEV_ARTICLES))
+        dev += rng.sample(qs, min(args.dev_per_lang, len(qs)))
+    (out / "dev.jsonl").write_text("".join(json.dumps({"id": q.id, "question": q.question, "lang": q.lang,
+                                                       "gold_group": q.gold_group}, ensure_ascii=False) + "\n"
+                                           for q in dev), encoding="utf-8")
+    extra = [a for a in args.extra if a != "--"]
+    return cora_main(["train", "retriever", "--config", args.config, "--train-data", str(out / "train.json"),
+                      "--output-dir", str(out / "run"), "--dev-questions", str(out / "dev.jsonl"),
+                      "--dev-datastore", str(dev_ds_dir), *extra])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
