@@ -46,14 +46,14 @@ def index_bytes(index) -> int:
 
 
 def bench_index(factory: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, params: dict, k: int = 100,
-                reps: int = 200) -> list[dict]:
+                reps: int = 200, train_sample: int = 100_000) -> list[dict]:
     import faiss
 
     t0 = time.perf_counter()
     index = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(0)
-        index.train(xb[rng.choice(len(xb), min(len(xb), 100_000), replace=False)])
+        index.train(xb[rng.choice(len(xb), min(len(xb), train_sample), replace=False)])
     for s in range(0, len(xb), 100_000):
         index.add(xb[s : s + 100_000])
     build = time.perf_counter() - t0
@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--hnsw-max", type=int, default=100_000,
                     help="skip HNSW above this size (its build on 2 cores takes many minutes at 1M)")
+    ap.add_argument("--nlist", type=int, help="IVF lists (default 1024 up to 200k vectors, 4096 beyond)")
+    ap.add_argument("--train-sample", type=int, default=100_000, help="vectors IVF/PQ are trained on")
+    ap.add_argument("--large-codes", action="store_true", help="also IVF-PQ with dim/4 bytes (slow to build)")
     ap.add_argument("--out", help="write results JSON here")
     ap.add_argument("--quick", action="store_true", help="5k random vectors, few settings (< 1 minute)")
     args = ap.parse_args(argv)
@@ -134,18 +137,19 @@ def main(argv=None) -> int:
         flat.add(xb)
         _, truth = flat.search(queries, 100)
         del flat
-        nlist = 64 if args.quick else (1024 if n <= 200_000 else 4096)
+        nlist = 64 if args.quick else (args.nlist or (1024 if n <= 200_000 else 4096))
         dim = xb.shape[1]
         configs = [("Flat", {})]
         if n <= args.hnsw_max:
             configs.append(("HNSW32", {"efSearch": [64, 128, 256]}))
         configs.append((f"IVF{nlist},PQ{dim // 8}x8", {"nprobe": [16, 64, 128]}))
-        if n <= args.hnsw_max:  # the 2x larger codes, at the smaller size only (their 1M build is slow here)
+        if args.large_codes:  # 2x larger codes: better recall, slow to build on 2 cores
             configs.append((f"IVF{nlist},PQ{dim // 4}x8", {"nprobe": [16, 64, 128]}))
         if args.quick:
             configs = [configs[0], (f"IVF{nlist},PQ{dim // 8}x8", {"nprobe": [16]})]
         for factory, params in configs:
-            rows += bench_index(factory, xb, queries, truth, params, reps=50 if args.quick else 200)
+            rows += bench_index(factory, xb, queries, truth, params, reps=50 if args.quick else 200,
+                                train_sample=args.train_sample)
             print(rows[-1], flush=True)
     results = {"machine": machine(), "faiss": faiss.__version__, "queries": len(queries), "rows": rows,
                "peak_rss_mb": peak_rss_mb()}

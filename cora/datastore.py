@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cora.errors import CoraError, DataFormatError
-from cora.fileio import atomic_dir, atomic_write_json
+from cora.fileio import atomic_dir, atomic_write_json, iter_jsonl
 from cora.languages import NO_SPACE_LANGS, base_code, check_language
 
 logger = logging.getLogger(__name__)
@@ -68,22 +68,13 @@ def _require_str(obj: dict, key: str, path, line, required: bool = True) -> str:
 def read_jsonl(path: str | os.PathLike, lang: str | None = None) -> Iterator[tuple[str, Passage]]:
     """Passages JSONL: one object per line with id, lang, title, text and optional group."""
     path = Path(path)
-    with _open_text(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, line_no, "each line must be a JSON object")
-            pid = _require_str(obj, "id", path, line_no)
-            plang = _require_str(obj, "lang", path, line_no, required=lang is None) or lang
-            title = _require_str(obj, "title", path, line_no, required=False)
-            text = _require_str(obj, "text", path, line_no)
-            group = _require_str(obj, "group", path, line_no, required=False) or pid
-            yield f"{path}:{line_no}", Passage(pid, plang, title, text, group)
+    for line_no, obj in iter_jsonl(path):
+        pid = _require_str(obj, "id", path, line_no)
+        plang = _require_str(obj, "lang", path, line_no, required=lang is None) or lang
+        title = _require_str(obj, "title", path, line_no, required=False)
+        text = _require_str(obj, "text", path, line_no)
+        group = _require_str(obj, "group", path, line_no, required=False) or pid
+        yield f"{path}:{line_no}", Passage(pid, plang, title, text, group)
 
 
 def read_w100_tsv(path: str | os.PathLike, lang: str | None = None) -> Iterator[tuple[str, Passage]]:
@@ -111,15 +102,20 @@ def read_w100_tsv(path: str | os.PathLike, lang: str | None = None) -> Iterator[
             yield f"{path}:{line_no}", Passage(pid, plang, rec.get("title", ""), rec["text"], rec.get("group") or pid)
 
 
-def read_squad(
-    path: str | os.PathLike, lang: str, keep_titles: bool = True, articles: Iterable[int] | None = None
-) -> Iterator[tuple[str, Passage]]:
-    """SQuAD-format JSON (XQuAD, TyDi GoldP, JaQuAD, ...): each paragraph becomes a passage.
+@dataclass(frozen=True)
+class SquadParagraph:
+    article: int
+    index: int
+    title: str
+    context: object  # the 'context' value as found (validated by the reader that uses it)
+    qas: list
+    passage_id: str
+    group: str
 
-    The group of a paragraph is its smallest question id, so paragraphs of parallel files that share question
-    ids (XQuAD: the same ids in every language) form one group across languages without any extra table.
-    Passage ids are ``{file stem}:{article}:{paragraph}``; ``articles`` restricts to those article indices.
-    """
+
+def iter_squad_paragraphs(path: str | os.PathLike, articles: Iterable[int] | None = None) -> Iterator[SquadParagraph]:
+    """Every paragraph of a SQuAD-format file with its passage id ``{file stem}:{article}:{paragraph}`` and its
+    group (smallest question id, so parallel files such as XQuAD group across languages)."""
     path = Path(path)
     with _open_text(path) as fh:
         try:
@@ -133,15 +129,30 @@ def read_squad(
     for a, article in enumerate(data["data"]):
         if keep is not None and a not in keep:
             continue
-        title = str(article.get("title", "")).replace("_", " ") if keep_titles else ""
         for p, para in enumerate(article.get("paragraphs", [])):
-            where = f"{path}: data[{a}].paragraphs[{p}]"
-            text = para.get("context")
-            if not isinstance(text, str):
-                raise DataFormatError(path, None, f"data[{a}].paragraphs[{p}] has no string 'context'", "context")
             pid = f"{stem}:{a}:{p}"
-            qids = [str(q["id"]) for q in para.get("qas", []) if "id" in q]
-            yield where, Passage(pid, lang, title, text, f"q:{min(qids)}" if qids else pid)
+            qas = para.get("qas", [])
+            qids = [str(q["id"]) for q in qas if "id" in q]
+            yield SquadParagraph(a, p, str(article.get("title", "")), para.get("context"), qas, pid,
+                                 f"q:{min(qids)}" if qids else pid)
+
+
+def read_squad(
+    path: str | os.PathLike, lang: str, keep_titles: bool = True, articles: Iterable[int] | None = None
+) -> Iterator[tuple[str, Passage]]:
+    """SQuAD-format JSON (XQuAD, TyDi GoldP, JaQuAD, ...): each paragraph becomes a passage.
+
+    The group of a paragraph is its smallest question id, so paragraphs of parallel files that share question
+    ids (XQuAD: the same ids in every language) form one group across languages without any extra table.
+    Passage ids are ``{file stem}:{article}:{paragraph}``; ``articles`` restricts to those article indices.
+    """
+    for para in iter_squad_paragraphs(path, articles):
+        if not isinstance(para.context, str):
+            raise DataFormatError(path, None, f"data[{para.article}].paragraphs[{para.index}] has no string "
+                                  "'context'", "context")
+        title = para.title.replace("_", " ") if keep_titles else ""
+        yield f"{path}: data[{para.article}].paragraphs[{para.index}]", Passage(
+            para.passage_id, lang, title, para.context, para.group)
 
 
 def chunk_text(text: str, lang: str, words: int = 100) -> list[str]:
@@ -168,22 +179,15 @@ def read_wikiextractor(path: str | os.PathLike, lang: str, words: int = 100) -> 
     article itself (``{lang}wiki:{id}``).
     """
     path = Path(path)
-    with _open_text(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg})") from None
-            art_id = _require_str(obj, "id", path, line_no)
-            title = _require_str(obj, "title", path, line_no, required=False)
-            text = _require_str(obj, "text", path, line_no)
-            if text.startswith(title):  # WikiExtractor repeats the title as the first line
-                text = text[len(title) :]
-            group = obj.get("wikidata") or obj.get("group") or f"{lang}wiki:{art_id}"
-            for i, chunk in enumerate(chunk_text(text, lang, words)):
-                yield f"{path}:{line_no}", Passage(f"{lang}wiki:{art_id}:{i}", lang, title, chunk, str(group))
+    for line_no, obj in iter_jsonl(path):
+        art_id = _require_str(obj, "id", path, line_no)
+        title = _require_str(obj, "title", path, line_no, required=False)
+        text = _require_str(obj, "text", path, line_no)
+        if text.startswith(title):  # WikiExtractor repeats the title as the first line
+            text = text[len(title) :]
+        group = obj.get("wikidata") or obj.get("group") or f"{lang}wiki:{art_id}"
+        for i, chunk in enumerate(chunk_text(text, lang, words)):
+            yield f"{path}:{line_no}", Passage(f"{lang}wiki:{art_id}:{i}", lang, title, chunk, str(group))
 
 
 FORMATS = ("jsonl", "w100", "squad", "wiki")

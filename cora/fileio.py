@@ -52,3 +52,28 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-empty line of a JSON Lines file (.gz too); a line that is not valid
+    JSON or not an object is an error naming the file and line."""
+    import gzip
+
+    from cora.errors import DataFormatError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(path, None, "no such file")
+    opener = (lambda: gzip.open(path, "rt", encoding="utf-8")) if path.suffix == ".gz" else \
+        (lambda: open(path, encoding="utf-8"))
+    with opener() as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataFormatError(path, line_no, "each line must be a JSON object")
+            yield line_no, obj

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cora.errors import DataFormatError
+from cora.fileio import iter_jsonl
 from cora.languages import check_language
 
 
@@ -30,34 +31,25 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
     if not path.exists():
         raise DataFormatError(path, None, "no such file")
     out, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, line_no, "each line must be a JSON object")
-            for key in ("id", "question"):
-                if key not in obj:
-                    raise DataFormatError(path, line_no, "is missing", field=key)
-            qid, text = str(obj["id"]), obj["question"]
-            if not isinstance(text, str) or not text.strip():
-                raise DataFormatError(path, line_no, "must be a non-empty string", field="question")
-            if qid in seen:
-                raise DataFormatError(path, line_no, f"duplicate question id {qid!r}", field="id")
-            seen.add(qid)
-            answers = obj.get("answers", [])
-            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-                raise DataFormatError(path, line_no, "must be a list of strings", field="answers")
-            lang = obj.get("lang")
-            if lang is not None and not isinstance(lang, str):
-                raise DataFormatError(path, line_no, "must be a string", field="lang")
-            if lang:
-                check_language(lang, f"{path}:{line_no}")
-            out.append(Question(qid, text, lang or None, answers))
+    for line_no, obj in iter_jsonl(path):
+        for key in ("id", "question"):
+            if key not in obj:
+                raise DataFormatError(path, line_no, "is missing", field=key)
+        qid, text = str(obj["id"]), obj["question"]
+        if not isinstance(text, str) or not text.strip():
+            raise DataFormatError(path, line_no, "must be a non-empty string", field="question")
+        if qid in seen:
+            raise DataFormatError(path, line_no, f"duplicate question id {qid!r}", field="id")
+        seen.add(qid)
+        answers = obj.get("answers", [])
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise DataFormatError(path, line_no, "must be a list of strings", field="answers")
+        lang = obj.get("lang")
+        if lang is not None and not isinstance(lang, str):
+            raise DataFormatError(path, line_no, "must be a string", field="lang")
+        if lang:
+            check_language(lang, f"{path}:{line_no}")
+        out.append(Question(qid, text, lang or None, answers))
     return out
 
 
@@ -69,21 +61,13 @@ def read_squad_questions(
     Ids and groups follow :func:`cora.datastore.read_squad`, so they line up with a datastore built from the same
     file. Question ids get a ``/{lang}`` suffix because parallel files (XQuAD) share them across languages.
     """
-    path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    keep = set(articles) if articles is not None else None
-    stem = path.name.removesuffix(".json")
-    for a, article in enumerate(data["data"]):
-        if keep is not None and a not in keep:
-            continue
-        for p, para in enumerate(article.get("paragraphs", [])):
-            qas = para.get("qas", [])
-            qids = [str(q["id"]) for q in qas if "id" in q]
-            pid = f"{stem}:{a}:{p}"
-            group = f"q:{min(qids)}" if qids else pid
-            for q in qas:
-                answers = list(dict.fromkeys(x["text"] for x in q.get("answers", [])))
-                yield Question(f"{q['id']}/{lang}", q["question"], lang, answers, pid, group, a)
+    from cora.datastore import iter_squad_paragraphs
+
+    for para in iter_squad_paragraphs(path, articles):
+        for q in para.qas:
+            answers = list(dict.fromkeys(x["text"] for x in q.get("answers", [])))
+            yield Question(f"{q['id']}/{lang}", q["question"], lang, answers, para.passage_id, para.group,
+                           para.article)
 
 
 def write_questions(questions: Iterable[Question], path: str | os.PathLike) -> None:

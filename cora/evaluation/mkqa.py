@@ -18,17 +18,15 @@ recognise, and inverted its ``--langs`` option).
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import os
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from cora.errors import CoraError, DataFormatError
+from cora.fileio import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -177,27 +175,13 @@ def xor_format_metrics(predictions: dict[str, str], gold: list[dict]) -> dict[st
 
 
 # ------------------------------------------------------------------------------------------ file I/O
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def read_original(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise CoraError(f"{path}: no such file")
     rows = []
-    with _open(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg})") from None
-            for key in ("example_id", "queries", "answers"):
-                if key not in obj:
-                    raise DataFormatError(path, line_no, "is missing (not the original MKQA schema?)", field=key)
-            rows.append(obj)
+    for line_no, obj in iter_jsonl(path):
+        for key in ("example_id", "queries", "answers"):
+            if key not in obj:
+                raise DataFormatError(path, line_no, "is missing (not the original MKQA schema?)", field=key)
+        rows.append(obj)
     return rows
 
 
@@ -212,32 +196,21 @@ def gold_answers(record: dict, locale: str) -> list[str]:
 
 def read_mkqa_predictions(path: str | os.PathLike) -> dict[str, Prediction]:
     """MKQA's prediction JSONL: {example_id, prediction, binary_answer, no_answer_prob} per line."""
-    path = Path(path)
-    if not path.exists():
-        raise CoraError(f"{path}: no such file")
     out = {}
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg})") from None
-            if not isinstance(obj, dict) or "example_id" not in obj:
-                raise DataFormatError(path, line_no, "is missing", field="example_id")
-            pred = obj.get("prediction") or ""
-            if not isinstance(pred, str):
-                raise DataFormatError(path, line_no, f"must be a string, got {type(pred).__name__}",
-                                      field="prediction")
-            binary = (obj.get("binary_answer") or None)
-            binary = binary.lower() if isinstance(binary, str) else binary
-            if binary not in (None, "yes", "no"):
-                raise DataFormatError(path, line_no, "must be 'yes', 'no' or null", field="binary_answer")
-            prob = obj.get("no_answer_prob", 0.0)
-            if not isinstance(prob, int | float):
-                raise DataFormatError(path, line_no, "must be a number", field="no_answer_prob")
-            out[str(obj["example_id"])] = Prediction(str(obj["example_id"]), pred, binary, float(prob))
+    for line_no, obj in iter_jsonl(path):
+        if "example_id" not in obj:
+            raise DataFormatError(path, line_no, "is missing", field="example_id")
+        pred = obj.get("prediction") or ""
+        if not isinstance(pred, str):
+            raise DataFormatError(path, line_no, f"must be a string, got {type(pred).__name__}", field="prediction")
+        binary = obj.get("binary_answer") or None
+        binary = binary.lower() if isinstance(binary, str) else binary
+        if binary not in (None, "yes", "no"):
+            raise DataFormatError(path, line_no, "must be 'yes', 'no' or null", field="binary_answer")
+        prob = obj.get("no_answer_prob", 0.0)
+        if not isinstance(prob, int | float):
+            raise DataFormatError(path, line_no, "must be a number", field="no_answer_prob")
+        out[str(obj["example_id"])] = Prediction(str(obj["example_id"]), pred, binary, float(prob))
     return out
 
 

@@ -33,6 +33,7 @@ from cora.evaluation.text import (
     strip_counters_after_digits,
     token_f1,
 )
+from cora.fileio import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -209,28 +210,16 @@ def xor_retrieve_recall(
 
 # -------------------------------------------------------------------------------------------- loading
 def read_gold_jsonl(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise CoraError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(path, line_no, f"invalid JSON ({err.msg})") from None
-            for key in ("id", "answers", "lang"):
-                if key not in obj:
-                    raise DataFormatError(path, line_no, "is missing", field=key)
-            answers = obj["answers"]
-            if isinstance(answers, str):
-                answers = [answers]
-            if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-                raise DataFormatError(path, line_no, "must be a non-empty list of strings", field="answers")
-            rows.append({"id": str(obj["id"]), "lang": obj["lang"], "answers": answers,
-                         "question": obj.get("question", "")})
+    for line_no, obj in iter_jsonl(path):
+        for key in ("id", "answers", "lang"):
+            if key not in obj:
+                raise DataFormatError(path, line_no, "is missing", field=key)
+        answers = [obj["answers"]] if isinstance(obj["answers"], str) else obj["answers"]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise DataFormatError(path, line_no, "must be a non-empty list of strings", field="answers")
+        rows.append({"id": str(obj["id"]), "lang": obj["lang"], "answers": answers,
+                     "question": obj.get("question", "")})
     return rows
 
 

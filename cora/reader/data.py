@@ -8,13 +8,12 @@ language Y and the answer of the Y version. XQuAD articles 32-39 are the dev set
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cora.datastore import Passage
+from cora.datastore import Passage, iter_squad_paragraphs
 
 XQUAD_DEV_ARTICLES = range(32, 40)
 XQUAD_TRAIN_ARTICLES = range(0, 32)
@@ -32,22 +31,12 @@ class ReaderExample:
 
 def squad_examples(path: str | Path, lang: str, articles: Iterable[int] | None = None) -> Iterator[ReaderExample]:
     """One example per question, read with its gold paragraph (ids/groups as in :func:`cora.datastore.read_squad`)."""
-    path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    keep = set(articles) if articles is not None else None
-    stem = path.name.removesuffix(".json")
-    for a, article in enumerate(data["data"]):
-        if keep is not None and a not in keep:
-            continue
-        for p, para in enumerate(article.get("paragraphs", [])):
-            qas = para.get("qas", [])
-            qids = [str(q["id"]) for q in qas if "id" in q]
-            pid = f"{stem}:{a}:{p}"
-            passage = Passage(pid, lang, "", para["context"], f"q:{min(qids)}" if qids else pid)
-            for q in qas:
-                answers = list(dict.fromkeys(x["text"] for x in q.get("answers", []) if x.get("text")))
-                if answers:
-                    yield ReaderExample(f"{q['id']}/{lang}", q["question"], lang, [passage], answers, lang)
+    for para in iter_squad_paragraphs(path, articles):
+        passage = Passage(para.passage_id, lang, "", para.context, para.group)
+        for q in para.qas:
+            answers = list(dict.fromkeys(x["text"] for x in q.get("answers", []) if x.get("text")))
+            if answers:
+                yield ReaderExample(f"{q['id']}/{lang}", q["question"], lang, [passage], answers, lang)
 
 
 def cross_lingual_examples(
