@@ -134,3 +134,11 @@ def test_retriever_returns_typed_hits_with_text(flat_index, datastore):
     assert hits[0].score >= hits[1].score >= hits[2].score
     with pytest.raises(CoraError, match="empty question"):
         retriever.search("   ")
+
+
+def test_auto_factory_follows_the_measured_trade_offs():
+    from cora.index import auto_factory
+
+    assert auto_factory(2_400, 384) == "Flat"
+    assert auto_factory(1_000_000, 384) == "HNSW32"
+    assert auto_factory(40_000_000, 384) == "IVF32768,PQ48x8"

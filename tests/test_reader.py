@@ -253,3 +253,19 @@ def test_reader_examples_cross_lingual_pairs_and_dev_split(tmp_path):
     de_to_en = next(p for p in pairs if p.id == "id5/de->en")
     assert (de_to_en.question, de_to_en.passages[0].text, de_to_en.answers, de_to_en.answer_lang) == \
         ("q5?", "A5 is here", ["A5"], "en")
+
+
+def test_one_passage_per_forward_equals_one_batch(tiny_reader):
+    from dataclasses import replace
+
+    passages = PASSAGES + [Passage("nile-de", "de", "Nil", "Der Nil ist ein Fluss in Afrika und fließt nach Norden",
+                                   "nile")]
+    batched = replace(tiny_reader.config, passages_per_forward=len(passages))
+    single = replace(tiny_reader.config, passages_per_forward=1)
+    tiny_reader.config = batched
+    a = tiny_reader.read("wo fließt der nil", passages, "de")
+    tiny_reader.config = single
+    b = tiny_reader.read("wo fließt der nil", passages, "de")
+    assert (a.text, a.evidence[0].passage_id, a.evidence[0].start) == (b.text, b.evidence[0].passage_id,
+                                                                        b.evidence[0].start)
+    assert a.score == pytest.approx(b.score, abs=1e-5)

@@ -27,7 +27,7 @@ def register(sub) -> None:
     b.add_argument("--out", required=True, help="index folder")
     b.add_argument("--factory", default="auto",
                    help="FAISS factory string: Flat, HNSW32, IVF4096,PQ48x8 ... 'auto' = Flat up to 200k passages, "
-                        "IVF-PQ beyond (default: auto)")
+                        "HNSW32 up to 5M, IVF-PQ beyond (measured trade-offs in the README; default: auto)")
     b.add_argument("--shard", help="encode only shard i of n, e.g. 0/4")
     b.add_argument("--batch-size", type=int, default=32, help="passages per forward pass (default 32)")
     b.add_argument("--device", help="cpu or cuda (default: cuda when available)")

@@ -49,6 +49,9 @@ class ReaderConfig:
     max_length: int = field(default=384, metadata={"help": "extractive: question + passage tokens per input"})
     max_answer_tokens: int = field(default=30, metadata={"help": "extractive: longest span, in tokens"})
     question_prefix: str = field(default="", metadata={"help": "prepended to the question (e.g. 'query: ')"})
+    passages_per_forward: int | None = field(
+        default=None, metadata={"help": "extractive: passages per forward pass; None = all at once on GPU, one at a "
+                                        "time on CPU (measured 5-13% faster on 2 cores at k = 10-15: no padding)"})
     max_source_length: int = field(default=1000, metadata={"help": "seq2seq: source tokens (CORA: 1000)"})
     max_target_length: int = field(default=25, metadata={"help": "seq2seq: answer tokens (CORA: 25)"})
     num_beams: int = field(default=4, metadata={"help": "seq2seq: beams at inference (CORA: 4)"})

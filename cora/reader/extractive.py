@@ -98,19 +98,31 @@ class ExtractiveReader:
     @torch.inference_mode()
     def read(self, question: str, passages: list[Passage], answer_lang: str) -> Answer:
         passages = check_read_inputs(question, passages)
-        enc = self.encode_inputs(question, passages)
         self.model.eval()
-        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
-        spans = best_spans(start.cpu(), end.cpu(), enc["context"], self.config.max_answer_tokens)
+        per = self.config.passages_per_forward or (len(passages) if self.device.type == "cuda" else 1)
+        parts = [self._logits(question, passages[i : i + per]) for i in range(0, len(passages), per)]
+        # Pad every part to one length; padded positions are not context, so no span can use them and the
+        # softmax over spans stays joint across all passages.
+        L = max(p[0].shape[1] for p in parts)
+        start = torch.cat([torch.nn.functional.pad(s, (0, L - s.shape[1])) for s, _, _, _ in parts])  # [P, L]
+        end = torch.cat([torch.nn.functional.pad(e, (0, L - e.shape[1])) for _, e, _, _ in parts])  # [P, L]
+        context = torch.cat([torch.nn.functional.pad(c, (0, L - c.shape[1])) for _, _, c, _ in parts])  # [P, L]
+        offsets = torch.cat([torch.nn.functional.pad(o, (0, 0, 0, L - o.shape[1])) for _, _, _, o in parts])
+        spans = best_spans(start, end, context, self.config.max_answer_tokens)
         if not spans:
             raise CoraError("the passages left no room for an answer span (question too long?)")
         best = spans[0]
         p = passages[best.passage]
-        c0 = int(enc["offsets"][best.passage, best.start, 0])
-        c1 = int(enc["offsets"][best.passage, best.end, 1])
+        c0 = int(offsets[best.passage, best.start, 0])
+        c1 = int(offsets[best.passage, best.end, 1])
         text = p.text[c0:c1].strip()
         ev = Evidence(p.id, p.lang, p.title, p.text, c0, c1, best.prob)
         return Answer(text, answer_lang, best.prob, [ev])
+
+    def _logits(self, question: str, passages: list[Passage]):
+        enc = self.encode_inputs(question, passages)
+        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
+        return start.float().cpu(), end.float().cpu(), enc["context"], enc["offsets"]
 
     # --- training
     def loss(self, question: str, passages: list[Passage], answers: list[str]) -> torch.Tensor:
