@@ -11,7 +11,7 @@ from pathlib import Path
 from cora.config import load_config, save_config
 from cora.errors import CoraError
 from cora.languages import check_language, detect_language
-from cora.reader.base import Answer, Reader, load_reader
+from cora.reader.base import DEFAULT_READER, SHIPPED_READERS, Answer, Reader, load_reader
 from cora.reader.projection import project_answer
 from cora.retriever import Retriever
 
@@ -25,10 +25,12 @@ class PipelineConfig:
     """Saved as pipeline.json; paths are relative to the pipeline folder unless absolute."""
 
     index: str = field(metadata={"help": "index folder (holds the encoder config and the datastore path)"})
-    reader: str = field(metadata={"help": "reader folder (extractive or seq2seq)"})
+    reader: str = field(metadata={"help": "reader folder (extractive or seq2seq) or a shipped reader name"})
     k: int = field(default=10, metadata={"help": "passages read per question"})
     max_k: int = field(default=100, metadata={"help": "largest k a caller may ask for"})
     projection: bool = field(default=True, metadata={"help": "project answers through language links"})
+    projection_method: str = field(default="reread", metadata={"help": "'reread' the linked passage with the "
+                                                                       "question, or 'align' the span into it"})
 
 
 class Pipeline:
@@ -47,15 +49,17 @@ class Pipeline:
             return Path(p) if Path(p).is_absolute() else folder / p
 
         retriever = Retriever.from_pretrained(resolve(config.index), device=device)
-        return cls(retriever, load_reader(resolve(config.reader), device=device), config)
+        reader = config.reader if config.reader in SHIPPED_READERS else resolve(config.reader)
+        return cls(retriever, load_reader(reader, device=device), config)
 
     @staticmethod
-    def create(folder: str | os.PathLike, index: str | os.PathLike, reader: str | os.PathLike, **kw) -> Path:
-        """Write a pipeline.json that points at an index and a reader (absolute paths)."""
+    def create(folder: str | os.PathLike, index: str | os.PathLike, reader: str | os.PathLike = DEFAULT_READER,
+               **kw) -> Path:
+        """Write a pipeline.json that points at an index and a reader (absolute paths; a shipped reader by name)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_config(PipelineConfig(str(Path(index).resolve()), str(Path(reader).resolve()), **kw),
-                    folder / PIPELINE_FILE)
+        reader = str(reader) if str(reader) in SHIPPED_READERS else str(Path(reader).resolve())
+        save_config(PipelineConfig(str(Path(index).resolve()), reader, **kw), folder / PIPELINE_FILE)
         return folder
 
     def answer(self, question: str, lang: str | None = None, k: int | None = None) -> Answer:
@@ -82,6 +86,6 @@ class Pipeline:
             passages = datastore.rows([h.row for h in hs])
             answer = self.reader.read(q, passages, lang)
             if self.config.projection:
-                answer = project_answer(self.reader, q, answer, datastore)
+                answer = project_answer(self.reader, q, answer, datastore, self.config.projection_method)
             answers.append(answer)
         return answers

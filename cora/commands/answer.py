@@ -15,7 +15,9 @@ def register(sub) -> None:
     c = psub.add_parser("create", help="write pipeline.json",
                         description="Write DIR/pipeline.json pointing at an index folder and a reader folder.")
     c.add_argument("--index", required=True, help="index folder")
-    c.add_argument("--reader", required=True, help="reader folder (extractive or seq2seq)")
+    c.add_argument("--reader", default="me5-small-reader",
+                   help="reader folder (extractive or seq2seq), or the shipped offline reader 'me5-small-reader' "
+                        "(the default)")
     c.add_argument("--out", required=True, help="pipeline folder")
     c.add_argument("--k", type=int, default=10, help="passages read per question (default 10)")
     c.add_argument("--no-projection", action="store_true", help="do not project answers through language links")

@@ -11,26 +11,31 @@ REPO_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "demo", help="build the sample index and show cross-lingual retrieval for sample questions",
+        "demo", help="answer the sample questions, in 12 languages, from the sample datastore, with cited passages",
         description=(
             "Build a datastore and index from the sample passages shipped in data/sample (6 topics in 8 "
-            "languages, language versions linked by group) with the offline me5-small encoder, then retrieve "
-            "passages for the sample questions, asked in many languages, and print the top hits with their "
-            "language. Everything runs offline; the first run converts me5-small (about 20 s)."
+            "languages, language versions linked by group) with the offline me5-small encoder, bundle them with "
+            "the shipped offline reader into a pipeline, and answer the sample questions (asked in 12 "
+            "languages). Each answer is printed with the passage it cites and whether it was projected through "
+            "a language link. Everything runs offline; the first run converts me5-small (about 20 s)."
         ),
     )
     p.add_argument("--data", default=str(REPO_SAMPLE), help="folder with passages.jsonl and questions.jsonl")
-    p.add_argument("--out", help="where to put the datastore and index (default: $CORA_HOME/demo)")
+    p.add_argument("--out", help="where to put the datastore, index and pipeline (default: $CORA_HOME/demo)")
     p.add_argument("--encoder", default="me5-small", help="encoder (default me5-small)")
-    p.add_argument("--k", type=int, default=3, help="hits to show per question (default 3)")
+    p.add_argument("--reader", default="me5-small-reader", help="reader folder or shipped name (me5-small-reader)")
+    p.add_argument("--k", type=int, default=5, help="passages read per question (default 5)")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args) -> int:
     from cora.datastore import Datastore, read_jsonl
+    from cora.evaluation.xor import score_one
     from cora.index import DenseIndex, build_index
     from cora.models import Encoder, cora_home
+    from cora.pipeline import Pipeline, PipelineConfig
     from cora.questions import read_questions
+    from cora.reader import load_reader
     from cora.retriever import Retriever
 
     data = Path(args.data)
@@ -41,17 +46,37 @@ def run_demo(args) -> int:
                          sources=[str(data / "passages.jsonl")])
     encoder = Encoder.from_pretrained(args.encoder)
     build_index(ds, encoder, out / "index", args.encoder, factory="Flat", show_progress=False)
-    retriever = Retriever(encoder, DenseIndex.load(out / "index"), ds)
+    Pipeline.create(out / "pipeline", out / "index", args.reader, k=args.k)
+    pipeline = Pipeline(Retriever(encoder, DenseIndex.load(out / "index"), ds), load_reader(args.reader),
+                        PipelineConfig(str(out / "index"), args.reader, k=args.k))
     questions = read_questions(data / "questions.jsonl")
-    hits = retriever.search_batch([q.question for q in questions], k=args.k)
+    answers = pipeline.answer_batch([q.question for q in questions], [q.lang for q in questions])
     print(f"\nsample datastore: {len(ds)} passages in {len(ds.languages)} languages "
-          f"({', '.join(ds.languages)}); index in {out}\n")
-    for q, hs in zip(questions, hits, strict=True):
-        other = sum(h.lang != q.lang for h in hs)
-        print(f"[{q.lang}] {q.question}   ({other} of {len(hs)} hits in another language)")
-        for h in hs:
-            snippet = h.text if len(h.text) <= 90 else h.text[:89] + "…"  # by characters: CJK has no spaces
-            print(f"   {h.rank}. [{h.lang}] {h.title} ({h.score:.3f}) {snippet}")
+          f"({', '.join(ds.languages)}); {len(questions)} questions in "
+          f"{len({q.lang for q in questions})} languages; reader {args.reader}, k={args.k}\n")
+    f1s = []
+    for q, a in zip(questions, answers, strict=True):
+        print(f"[{q.lang}] {q.question}")
+        print(f"   answer: {a.text}" + ("   (projected through a language link)" if a.projected else ""))
+        for ev in a.evidence:
+            print(f"   {ev.role}: [{ev.lang}] {ev.passage_id} \"{_snippet(ev.text, ev.start, ev.end)}\"")
+        if q.answers:
+            f1, _, _ = score_one(a.text, q.answers, q.lang, "fixed")
+            f1s.append(f1)
+            print(f"   expected: {' | '.join(q.answers)}   (token F1 {100 * f1:.0f})")
         print()
+    if f1s:
+        print(f"mean token F1 against the expected answers: {100 * sum(f1s) / len(f1s):.1f} over {len(f1s)} "
+              f"questions")
+    print(f"pipeline saved in {out / 'pipeline'}: cora answer --pipeline {out / 'pipeline'} --questions Q.jsonl "
+          "--out PRED.json")
     return 0
 
+
+def _snippet(text: str, start: int | None, end: int | None, width: int = 50) -> str:
+    """The cited passage around the answer span, the span marked with [[ ]] (by characters: CJK has no spaces)."""
+    if start is None or end is None:
+        return text[: 2 * width] + ("…" if len(text) > 2 * width else "")
+    lo, hi = max(0, start - width), min(len(text), end + width)
+    return (("…" if lo else "") + text[lo:start] + "[[" + text[start:end] + "]]" + text[end:hi]
+            + ("…" if hi < len(text) else ""))

@@ -13,6 +13,23 @@ from cora.errors import CoraError
 
 READER_CONFIG_FILE = "reader_config.json"
 
+# Readers shipped inside the package (cora/resources/<folder>): name -> folder. They hold only what differs from
+# their backbone (see ExtractiveReader.save_pretrained) and are reproduced by recipes/train_reader.py.
+SHIPPED_READERS = {"me5-small-reader": "reader-me5-small"}
+DEFAULT_READER = "me5-small-reader"
+
+
+def resolve_reader(name_or_folder: str | os.PathLike) -> Path:
+    """A shipped reader's name -> its folder inside the package; anything else is a folder path."""
+    name = str(name_or_folder)
+    if name in SHIPPED_READERS:
+        folder = Path(__file__).resolve().parents[1] / "resources" / SHIPPED_READERS[name]
+        if not (folder / READER_CONFIG_FILE).exists():
+            raise CoraError(f"the shipped reader {name!r} is missing from this installation ({folder}); "
+                            "reinstall cora or train one with recipes/train_reader.py")
+        return folder
+    return Path(name_or_folder)
+
 
 @dataclass
 class Evidence:
@@ -52,6 +69,9 @@ class ReaderConfig:
     passages_per_forward: int | None = field(
         default=None, metadata={"help": "extractive: passages per forward pass; None = all at once on GPU, one at a "
                                         "time on CPU (measured 5-13% faster on 2 cores at k = 10-15: no padding)"})
+    trainable_layers: int | None = field(
+        default=None, metadata={"help": "extractive: fine-tune only the top N encoder layers (and the head); the "
+                                        "saved reader then holds only those weights on top of 'model'"})
     max_source_length: int = field(default=1000, metadata={"help": "seq2seq: source tokens (CORA: 1000)"})
     max_target_length: int = field(default=25, metadata={"help": "seq2seq: answer tokens (CORA: 25)"})
     num_beams: int = field(default=4, metadata={"help": "seq2seq: beams at inference (CORA: 4)"})
@@ -76,14 +96,17 @@ def check_read_inputs(question: str, passages: list[Passage]) -> list[Passage]:
 
 
 def load_reader(folder: str | os.PathLike, device: str | None = None) -> Reader:
-    """Load a reader folder, dispatching on the backend recorded in its config (a registry, no guessing)."""
+    """Load a reader folder or a shipped reader by name (``me5-small-reader``), dispatching on the backend
+    recorded in its config (a registry, no guessing)."""
     from cora.reader.extractive import ExtractiveReader
     from cora.reader.seq2seq import Seq2SeqGenerator
 
+    folder = resolve_reader(folder)
     backends = {"extractive": ExtractiveReader, "seq2seq": Seq2SeqGenerator}
     cfg_path = Path(folder) / READER_CONFIG_FILE
     if not cfg_path.exists():
-        raise CoraError(f"{folder} is not a cora reader (no {READER_CONFIG_FILE})")
+        raise CoraError(f"{folder} is not a cora reader (no {READER_CONFIG_FILE}); give a reader folder or a "
+                        f"shipped reader name ({', '.join(SHIPPED_READERS)})")
     config = load_config(ReaderConfig, cfg_path)
     if config.backend not in backends:
         raise CoraError(f"{cfg_path}: unknown backend {config.backend!r}; choose one of {sorted(backends)}")

@@ -19,6 +19,7 @@ from cora.reader.spans import best_spans, joint_span_loss
 logger = logging.getLogger(__name__)
 
 HEAD_FILE = "span_head.safetensors"
+DELTA_FILE = "reader_delta.safetensors"  # the fine-tuned top layers + head, on top of the backbone ``config.model``
 
 
 class SpanModel(nn.Module):
@@ -52,42 +53,70 @@ class ExtractiveReader:
         encoder, tokenizer = _load_hf_encoder(resolve_backbone(backbone))
         prefix = default_encoder_config(backbone).query_prefix
         config = replace(ReaderConfig(backend="extractive", model=backbone, question_prefix=prefix), **overrides)
-        return cls(SpanModel(encoder), tokenizer, config, device)
+        model = SpanModel(encoder)
+        if config.trainable_layers is not None:
+            freeze_below(model, config.trainable_layers)
+        return cls(model, tokenizer, config, device)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None) -> ExtractiveReader:
+        """A full reader folder (``encoder/`` + head) or a delta folder (fine-tuned layers on a backbone)."""
         from safetensors.torch import load_file
 
-        from cora.models import _load_hf_encoder
+        from cora.models import _load_hf_encoder, resolve_backbone
 
         folder = Path(folder)
         config = load_config(ReaderConfig, folder / READER_CONFIG_FILE)
+        if (folder / DELTA_FILE).exists():
+            encoder, tokenizer = _load_hf_encoder(resolve_backbone(config.model))
+            model = SpanModel(encoder)
+            load_delta(model, folder / DELTA_FILE)
+            if config.trainable_layers is not None:
+                freeze_below(model, config.trainable_layers)
+            return cls(model, tokenizer, config, device)
+        if not (folder / "encoder").exists():
+            raise CoraError(f"{folder}: neither {DELTA_FILE} nor an encoder/ folder; not a trained reader")
         encoder, tokenizer = _load_hf_encoder(str(folder / "encoder"))
         model = SpanModel(encoder)
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         return cls(model, tokenizer, config, device)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
+        """Save the reader. With ``trainable_layers`` set only the trained weights are written (in ``dtype``);
+        loading rebuilds the rest from the backbone named in the config."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.encoder.save_pretrained(folder / "encoder", safe_serialization=True)
-        self.tokenizer.save_pretrained(folder / "encoder")
-        save_file({k: v.contiguous().cpu() for k, v in self.model.head.state_dict().items()}, str(folder / HEAD_FILE))
+        if self.config.trainable_layers is not None:
+            state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in trained_state(self.model).items()}
+            save_file(state, str(folder / DELTA_FILE), metadata={"backbone": self.config.model})
+        else:
+            self.model.encoder.save_pretrained(folder / "encoder", safe_serialization=True)
+            self.tokenizer.save_pretrained(folder / "encoder")
+            save_file({k: v.contiguous().cpu() for k, v in self.model.head.state_dict().items()},
+                      str(folder / HEAD_FILE))
         save_config(self.config, folder / READER_CONFIG_FILE)
 
     # --- inputs
-    def encode_inputs(self, question: str, passages: list[Passage]) -> dict:
-        """Tokenise (question, passage text) pairs; keep offsets and the mask of passage tokens."""
-        q = self.config.question_prefix + question
-        n_q = len(self.tokenizer(q, add_special_tokens=False)["input_ids"])
-        if n_q > self.config.max_length // 2:
-            logger.warning("question of %d tokens truncated to %d", n_q, self.config.max_length // 2)
-            q = self.tokenizer.decode(self.tokenizer(q, add_special_tokens=False)["input_ids"][
-                : self.config.max_length // 2])
+    def encode_inputs(self, question: str | list[str], passages: list[Passage]) -> dict:
+        """Tokenise (question, passage text) pairs; keep offsets and the mask of passage tokens.
+
+        ``question`` is one question for all passages, or one question per passage (training batches)."""
+        questions = [question] * len(passages) if isinstance(question, str) else list(question)
+        if len(questions) != len(passages):
+            raise CoraError(f"{len(questions)} questions for {len(passages)} passages")
+        limit = self.config.max_length // 2
+        prepared = {}
+        for q in dict.fromkeys(questions):
+            ids = self.tokenizer(self.config.question_prefix + q, add_special_tokens=False)["input_ids"]
+            if len(ids) > limit:
+                logger.warning("question of %d tokens truncated to %d", len(ids), limit)
+                prepared[q] = self.tokenizer.decode(ids[:limit])
+            else:
+                prepared[q] = self.config.question_prefix + q
         enc = self.tokenizer(
-            [q] * len(passages), [p.text for p in passages], truncation="only_second",
+            [prepared[q] for q in questions], [p.text for p in passages], truncation="only_second",
             max_length=self.config.max_length, padding=True, return_offsets_mapping=True, return_tensors="pt",
         )
         context = torch.tensor([[sid == 1 for sid in enc.sequence_ids(i)] for i in range(len(passages))])
@@ -127,11 +156,66 @@ class ExtractiveReader:
     # --- training
     def loss(self, question: str, passages: list[Passage], answers: list[str]) -> torch.Tensor:
         """Joint marginal span loss for one question over its passages (gold = every answer occurrence)."""
-        enc = self.encode_inputs(question, passages)
-        gold_start, gold_end = gold_token_marks(passages, answers, enc["offsets"], enc["context"])
-        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
-        return joint_span_loss(start, end, enc["context"].to(self.device), gold_start.to(self.device),
-                               gold_end.to(self.device))
+        return self.batch_loss([(question, passages, answers)])
+
+    def batch_loss(self, batch: list[tuple[str, list[Passage], list[str]]]) -> torch.Tensor:
+        """Mean joint span loss over (question, passages, answers) triples, all read in one forward pass.
+
+        Every question's spans are still normalised over its own passages only (rows of other questions are
+        sliced away before the softmax), so this equals the mean of :meth:`loss` over the batch."""
+        questions = [q for q, ps, _ in batch for _ in ps]
+        passages = [p for _, ps, _ in batch for p in ps]
+        enc = self.encode_inputs(questions, passages)
+        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})  # [sum P, L]
+        context = enc["context"].to(self.device)
+        losses, row = [], 0
+        for _, ps, answers in batch:
+            rows = slice(row, row + len(ps))
+            gs, ge = gold_token_marks(ps, answers, enc["offsets"][rows], enc["context"][rows])
+            losses.append(joint_span_loss(start[rows], end[rows], context[rows], gs.to(self.device),
+                                          ge.to(self.device)))
+            row += len(ps)
+        return torch.stack(losses).mean()
+
+
+def _layers(model: SpanModel) -> nn.ModuleList:
+    layers = getattr(getattr(model.encoder, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise CoraError(f"trainable_layers needs a BERT-like encoder (encoder.layer); {type(model.encoder).__name__} "
+                        "has none: train the whole model instead")
+    return layers
+
+
+def freeze_below(model: SpanModel, n: int) -> None:
+    """Train only the top ``n`` encoder layers and the head; everything below (embeddings included) is frozen."""
+    layers = _layers(model)
+    if not 0 <= n <= len(layers):
+        raise CoraError(f"trainable_layers must be between 0 and {len(layers)}, got {n}")
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    for layer in layers[len(layers) - n:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+
+
+def trained_state(model: SpanModel) -> dict[str, torch.Tensor]:
+    """The state entries that training changes (parameters with requires_grad)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def load_delta(model: SpanModel, path: Path) -> None:
+    """Overwrite the model's fine-tuned weights from a delta file; every key must exist in the model."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown or "head.weight" not in state:
+        raise CoraError(f"{path}: does not fit this backbone (unknown keys {unknown[:3]}, or no span head)")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
 
 
 def gold_token_marks(

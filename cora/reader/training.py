@@ -1,0 +1,240 @@
+"""Training the extractive reader with the one loop (:func:`cora.training.train`).
+
+The training mixture is every SQuAD-format set in the shared data folder, in all their languages, plus
+cross-lingual pairs from XQuAD (question in X, the parallel paragraph in Y). Any article that contains a question
+of the XQuAD dev articles (32-39) is dropped from every file, which also removes the machine-translated copies of
+those articles in SQuAD-es and SQuAD-it (they keep SQuAD's question ids).
+
+Some examples are read with a second, answerless passage in the same language, so the joint softmax learns to
+prefer the passage that holds the answer (as it must at answer time over k retrieved passages).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cora.datastore import Passage, iter_squad_paragraphs
+from cora.errors import CoraError
+from cora.reader.data import XQUAD_DEV_ARTICLES, XQUAD_TRAIN_ARTICLES, ReaderExample, cross_lingual_examples
+from cora.reader.extractive import ExtractiveReader
+
+logger = logging.getLogger(__name__)
+
+XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
+
+
+@dataclass
+class ReaderSource:
+    """One SQuAD-format training file (a glob, relative to the data root), its language and an example cap."""
+
+    path: str
+    lang: str
+    cap: int | None = None
+
+
+# Every SQuAD-format training set in ../shared/data (see its README). Caps keep the large ones from swamping the
+# mixture; XQuAD is listed per language and restricted to its training articles in reader_mixture().
+DEFAULT_SOURCES = [ReaderSource(f"xquad/xquad.{lang}.json", lang) for lang in XQUAD_LANGS] + [
+    ReaderSource("tydiqa-goldp/english_tydiqa_train.json", "en"),
+    ReaderSource("tydiqa-goldp/korean_tydiqa_train.json", "ko"),
+    ReaderSource("tydiqa-goldp/swahili_tydiqa_train.json", "sw"),
+    ReaderSource("jaquad/jaquad_train_*.json", "ja", cap=3000),
+    ReaderSource("arcd/arcd-train.json", "ar"),
+    ReaderSource("drcd/DRCD_dev.json", "zh", cap=2500),
+    ReaderSource("squad-it/SQuAD_it-test.json", "it", cap=2500),
+    ReaderSource("squad-es/dev-v1.1-es_small.json", "es", cap=2500),
+]
+
+
+@dataclass
+class Mixture:
+    train: list[ReaderExample]
+    negatives: dict[str, list[Passage]]  # language -> paragraphs to draw answerless passages from
+    counts: dict[str, int] = field(default_factory=dict)  # source -> examples used
+
+
+def xquad_dev_ids(data_root: str | Path) -> set[str]:
+    """Question ids of the XQuAD dev articles (identical in every language)."""
+    path = Path(data_root) / "xquad" / "xquad.en.json"
+    if not path.exists():
+        raise CoraError(f"{path} not found: --data-root must be the shared data folder (it holds xquad/)")
+    return {str(q["id"]) for p in iter_squad_paragraphs(path, XQUAD_DEV_ARTICLES) for q in p.qas}
+
+
+def file_examples(path: Path, lang: str, exclude_ids: set[str], articles=None) -> tuple[list[ReaderExample],
+                                                                                        list[Passage]]:
+    """Examples and paragraphs of one file, without any article that holds an excluded question id."""
+    paragraphs = list(iter_squad_paragraphs(path, articles))
+    banned = {p.article for p in paragraphs if any(str(q.get("id")) in exclude_ids for q in p.qas)}
+    examples, passages = [], []
+    for para in paragraphs:
+        if para.article in banned or not isinstance(para.context, str) or not para.context.strip():
+            continue
+        passage = Passage(para.passage_id, lang, "", para.context, para.group)
+        passages.append(passage)
+        for q in para.qas:
+            answers = list(dict.fromkeys(a["text"] for a in q.get("answers", []) if a.get("text")))
+            if answers and q.get("question", "").strip():
+                examples.append(ReaderExample(f"{q['id']}/{lang}", q["question"], lang, [passage], answers, lang))
+    return examples, passages
+
+
+def reader_mixture(data_root: str | Path, sources: Sequence[ReaderSource] = tuple(DEFAULT_SOURCES),
+                   cross_lingual: int = 6000, seed: int = 0) -> Mixture:
+    """The training mixture (see the module docstring); sampling under caps is seeded."""
+    root = Path(data_root)
+    rng = random.Random(seed)
+    exclude = xquad_dev_ids(root)
+    train: list[ReaderExample] = []
+    negatives: dict[str, list[Passage]] = {}
+    counts: dict[str, int] = {}
+    xquad: dict[str, list[ReaderExample]] = {}
+    for src in sources:
+        files = sorted(glob.glob(str(root / src.path)))
+        if not files:
+            raise CoraError(f"{root / src.path}: no such file (reader training source)")
+        examples: list[ReaderExample] = []
+        for f in files:
+            articles = XQUAD_TRAIN_ARTICLES if src.path.startswith("xquad/") else None
+            ex, ps = file_examples(Path(f), src.lang, exclude, articles)
+            examples += ex
+            negatives.setdefault(src.lang, []).extend(ps)
+        if src.cap is not None and len(examples) > src.cap:
+            examples = rng.sample(examples, src.cap)
+        if src.path.startswith("xquad/"):
+            xquad[src.lang] = examples
+        counts[src.path] = len(examples)
+        train += examples
+    if cross_lingual and len(xquad) > 1:
+        pairs = cross_lingual_examples(xquad, rng)
+        pairs = rng.sample(pairs, min(cross_lingual, len(pairs)))
+        counts["xquad cross-lingual pairs"] = len(pairs)
+        train += pairs
+    return Mixture(train, negatives, counts)
+
+
+def xquad_dev_examples(data_root: str | Path, per_lang: int | None = None, seed: int = 0) -> list[ReaderExample]:
+    """XQuAD dev (articles 32-39), gold paragraph given, monolingual; optionally ``per_lang`` sampled per language."""
+    rng = random.Random(seed)
+    out = []
+    for lang in XQUAD_LANGS:
+        ex, _ = file_examples(Path(data_root) / "xquad" / f"xquad.{lang}.json", lang, set(), XQUAD_DEV_ARTICLES)
+        out += rng.sample(ex, per_lang) if per_lang and per_lang < len(ex) else ex
+    return out
+
+
+def score_gold_paragraph(reader: ExtractiveReader, examples: Sequence[ReaderExample]) -> dict[str, dict[str, float]]:
+    """F1 / EM per answer language (and macro) with the gold paragraph given; the 'fixed' XOR scorer."""
+    from cora.evaluation.xor import score_one
+
+    per: dict[str, list[tuple[float, float]]] = {}
+    for ex in examples:
+        pred = reader.read(ex.question, ex.passages, ex.answer_lang).text
+        f1, em, _ = score_one(pred, ex.answers, ex.answer_lang, "fixed")
+        per.setdefault(ex.answer_lang, []).append((f1, em))
+    table = {lang: {"F1": 100 * sum(f for f, _ in v) / len(v), "EM": 100 * sum(e for _, e in v) / len(v),
+                    "n": len(v)} for lang, v in sorted(per.items())}
+    table["macro"] = {m: sum(t[m] for t in table.values()) / len(table) for m in ("F1", "EM")}
+    return table
+
+
+class ReaderTask:
+    """The extractive reader as a task of the one training loop."""
+
+    def __init__(self, reader: ExtractiveReader, examples: Sequence[ReaderExample], batch_size: int,
+                 negatives: dict[str, list[Passage]] | None = None, negative_rate: float = 0.3,
+                 dev: Sequence[ReaderExample] | None = None, dropout: bool = False, bucket: int = 32):
+        self.reader, self.examples, self.batch_size = reader, list(examples), batch_size
+        self.negatives, self.negative_rate, self.dev, self.bucket = negatives or {}, negative_rate, dev, bucket
+        if not dropout:
+            # A short fine-tune from a pretrained encoder; without dropout a CPU step is much cheaper.
+            for m in reader.model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = 0.0
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self.examples) // self.batch_size
+
+    def batches(self, epoch: int, rng: random.Random) -> Iterator[list[tuple[str, list[Passage], list[str]]]]:
+        """Shuffled, then sorted by length inside windows of ``bucket`` batches (less padding), then the batches
+        of each window shuffled again; a pure function of the rng, so resume sees the same order."""
+        order = list(range(len(self.examples)))
+        rng.shuffle(order)
+        n = self.num_batches(epoch) * self.batch_size
+        window = self.bucket * self.batch_size
+        for w in range(0, n, window):
+            chunk = sorted(order[w : min(n, w + window)], key=lambda i: len(self.examples[i].passages[0].text))
+            groups = [chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+            rng.shuffle(groups)
+            for g in groups:
+                yield [self._item(self.examples[i], rng) for i in g]
+
+    def _item(self, ex: ReaderExample, rng: random.Random) -> tuple[str, list[Passage], list[str]]:
+        passages = [self._crop(p, ex.answers) for p in ex.passages]
+        pool = self.negatives.get(passages[0].lang, [])
+        if pool and rng.random() < self.negative_rate:
+            neg = pool[rng.randrange(len(pool))]
+            if neg.group != passages[0].group and not any(a in neg.text for a in ex.answers):
+                passages.insert(rng.randrange(2), neg)
+        return ex.question, passages, ex.answers
+
+    def _crop(self, passage: Passage, answers: list[str]) -> Passage:
+        """A passage longer than the input keeps a window that holds the first answer (SQuAD's doc stride, one
+        window): otherwise the answer is truncated away and the example teaches nothing."""
+        at = min((i for i in (passage.text.find(a) for a in answers) if i >= 0), default=-1)
+        if at < 0:
+            return passage
+        budget = self.reader.config.max_length * 3 // 4  # the rest: the question and special tokens
+        enc = self.reader.tokenizer(passage.text, add_special_tokens=False, return_offsets_mapping=True,
+                                    verbose=False)
+        offsets = enc["offset_mapping"]
+        if len(offsets) <= budget:
+            return passage
+        first = next((t for t, (a, b) in enumerate(offsets) if b > at), len(offsets) - 1)
+        lo = max(0, min(first - budget // 3, len(offsets) - budget))
+        c0 = offsets[lo][0]
+        c1 = offsets[min(len(offsets), lo + budget) - 1][1]
+        return Passage(passage.id, passage.lang, passage.title, passage.text[c0:c1], passage.group)
+
+    def loss(self, batch) -> torch.Tensor:
+        return self.reader.batch_loss(batch)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if not self.dev:
+            return {"metric": 0.0}
+        table = score_gold_paragraph(self.reader, self.dev)
+        return {"metric": table["macro"]["F1"], "F1": table["macro"]["F1"], "EM": table["macro"]["EM"]}
+
+    def parameters(self):
+        return self.reader.model.parameters()
+
+    def module(self) -> torch.nn.Module:
+        return self.reader.model
+
+    def save(self, folder: Path) -> None:
+        self.reader.save_pretrained(folder)
+
+    def load_weights(self, folder: Path) -> None:
+        from cora.reader.extractive import DELTA_FILE, HEAD_FILE, load_delta
+
+        folder = Path(folder)
+        if (folder / DELTA_FILE).exists():
+            load_delta(self.reader.model, folder / DELTA_FILE)
+        else:
+            from safetensors.torch import load_file
+
+            self.reader.model.encoder.load_state_dict(load_file(str(folder / "encoder" / "model.safetensors")),
+                                                      strict=False)
+            self.reader.model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+
+
+__all__ = ["ReaderSource", "DEFAULT_SOURCES", "Mixture", "reader_mixture", "xquad_dev_examples",
+           "score_gold_paragraph", "ReaderTask"]

@@ -1,0 +1,66 @@
+"""Reproduce the shipped offline reader (cora/resources/reader-me5-small) from ../shared/data.
+
+1. ``cora train reader --config recipes/reader_me5_small.json`` (resumable: rerun after an interruption);
+2. export the best checkpoint as fp16, only the trained top layers and the span head (a delta over me5-small),
+   with the inference input length set to 384 tokens;
+3. score the fp32 checkpoint and the fp16 export on XQuAD dev with the gold paragraph, so the cost of fp16 is
+   measured, not assumed.
+
+    python recipes/train_reader.py [--run runs/reader-me5-small] [--export cora/resources/reader-me5-small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from cora.cli import main as cora
+from cora.evaluation.report import format_table
+from cora.reader import load_reader
+from cora.reader.extractive import DELTA_FILE
+from cora.reader.training import score_gold_paragraph, xquad_dev_examples
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(HERE / "reader_me5_small.json"))
+    ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
+    ap.add_argument("--run", default="runs/reader-me5-small")
+    ap.add_argument("--export", default=str(HERE.parent / "cora" / "resources" / "reader-me5-small"))
+    ap.add_argument("--inference-length", type=int, default=384)
+    ap.add_argument("--skip-train", action="store_true", help="export an existing run")
+    args = ap.parse_args(argv)
+
+    if not args.skip_train:
+        rc = cora(["train", "reader", "--config", args.config, "--data-root", args.data, "--output-dir", args.run])
+        if rc:
+            return rc
+    best = load_reader(Path(args.run) / "best")
+    best.config.max_length = args.inference_length
+    export = Path(args.export)
+    tmp = export.with_name(export.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    best.save_pretrained(tmp, dtype=torch.float16)
+    shutil.rmtree(export, ignore_errors=True)
+    tmp.rename(export)
+    size = sum(f.stat().st_size for f in export.iterdir())
+    print(f"exported {export}: {size / 1e6:.1f} MB ({DELTA_FILE} fp16 + config)")
+
+    dev = xquad_dev_examples(args.data)
+    fp32 = score_gold_paragraph(best, dev)
+    fp16 = score_gold_paragraph(load_reader(export), dev)
+    print("fp32 checkpoint\n" + format_table(fp32, ["F1", "EM"]))
+    print("fp16 export\n" + format_table(fp16, ["F1", "EM"]))
+    (Path(args.run) / "export.json").write_text(json.dumps(
+        {"export": str(export), "bytes": size, "gold_paragraph_fp32": fp32, "gold_paragraph_fp16": fp16}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
