@@ -20,6 +20,7 @@ _REGISTRARS = (
     "cora.commands.evaluate",
     "cora.commands.train",
     "cora.commands.demo",
+    "cora.commands.serve",
 )
 
 
