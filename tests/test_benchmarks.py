@@ -18,7 +18,8 @@ def _bench_path(monkeypatch):
 
 
 @pytest.mark.parametrize("name, key", [("encode", "rows"), ("search", "rows"), ("generate", "rows"),
-                                       ("answer", "rows"), ("scale", "rows")])
+                                       ("answer", "rows"), ("scale", "rows"),
+                                       ("serve_load", "rows")])
 def test_quick_mode_runs_and_writes_results(name, key, tmp_path, capsys):
     module = importlib.import_module(name)
     out = tmp_path / f"{name}.json"
@@ -28,13 +29,16 @@ def test_quick_mode_runs_and_writes_results(name, key, tmp_path, capsys):
     assert "|" in capsys.readouterr().out  # printed a table
     if name == "scale":
         assert results["exact_count"] and results["merged_vectors"] == results["passages"] == 20_000
+    if name == "serve_load":
+        assert all(r["errors"] == 0 and r["requests"] == 24 for r in results["rows"])
+        assert results["batching"]["questions"] == 24 * 2 + 1  # every request reached the model, plus the warm-up
     if name == "encode":
         paths = [r["path"] for r in results["rows"]]
         assert paths[0].startswith("naive") and any(p.startswith("ours int8") for p in paths)
 
 
 def test_every_script_documents_itself(capsys):
-    for name in ("encode", "search", "generate", "answer", "scale"):
+    for name in ("encode", "search", "generate", "answer", "scale", "serve_load"):
         module = importlib.import_module(name)
         with pytest.raises(SystemExit) as exit_:
             module.main(["--help"])

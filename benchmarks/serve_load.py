@@ -1,0 +1,172 @@
+"""Load check of ``cora serve``: a bounded loop of concurrent /answer requests from this process to a server
+started as a second process on loopback. Reports requests/s, p50/p95 latency, errors, and the server's resident
+memory (from /proc) before, during and after, to show it stays flat.
+
+    python benchmarks/serve_load.py --pipeline ~/.cache/cora/demo/pipeline --requests 200 --concurrency 8
+    python benchmarks/serve_load.py --quick      # tiny random models (< 1 minute)
+
+The questions cycle through data/sample/questions.jsonl (12 languages). The server runs with its defaults (one
+model thread, concurrent questions batched for up to 10 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, percentiles, print_table, synthetic_texts, tiny_encoder_dir, write_results  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "questions.jsonl"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_pipeline(folder: Path) -> Path:
+    """A pipeline of a 2-layer random encoder and span head over 200 synthetic passages (plumbing speed only)."""
+    import torch
+
+    from cora.datastore import Datastore, Passage
+    from cora.index import build_index
+    from cora.models import Encoder, _load_hf_encoder
+    from cora.pipeline import Pipeline
+    from cora.reader import ExtractiveReader, ReaderConfig
+    from cora.reader.extractive import SpanModel
+
+    enc_dir = tiny_encoder_dir(folder / "encoder")
+    texts = synthetic_texts(200, words=60)
+    ds = Datastore.build([Passage(f"p{i}", "en", "", t, f"g{i}") for i, t in enumerate(texts)], folder / "ds")
+    build_index(ds, Encoder.from_pretrained(str(enc_dir), device="cpu"), folder / "index", str(enc_dir),
+                factory="Flat", show_progress=False)
+    torch.manual_seed(0)
+    model, tokenizer = _load_hf_encoder(str(enc_dir))
+    ExtractiveReader(SpanModel(model), tokenizer, ReaderConfig(model=str(enc_dir), max_length=128),
+                     device="cpu").save_pretrained(folder / "reader")
+    return Pipeline.create(folder / "pipeline", folder / "index", folder / "reader", k=5)
+
+
+def post(url: str, body: dict, timeout: float = 120) -> tuple[int, float]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as res:
+            res.read()
+            status = res.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except OSError:
+        status = -1
+    return status, time.perf_counter() - t0
+
+
+def run_load(url: str, questions: list[dict], n: int, concurrency: int, pid: int) -> dict:
+    lock = threading.Lock()
+    next_i, latencies, statuses, memory = 0, [], [], []
+
+    def worker():
+        nonlocal next_i
+        while True:
+            with lock:
+                if next_i >= n:
+                    return
+                i = next_i
+                next_i += 1
+            q = questions[i % len(questions)]
+            status, seconds = post(url + "/answer", {"question": q["question"], "lang": q.get("lang")})
+            with lock:
+                latencies.append(seconds)
+                statuses.append(status)
+                if len(statuses) % max(1, n // 10) == 0:
+                    memory.append(round(rss_mb(pid), 1))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"requests": n, "concurrency": concurrency, "seconds": round(wall, 2),
+            "requests_per_s": round(n / wall, 2), **percentiles(latencies),
+            "errors": sum(s != 200 for s in statuses), "rss_mb_during": memory}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pipeline", help="pipeline folder to serve (e.g. the one 'cora demo' writes)")
+    ap.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="concurrent clients (levels)")
+    ap.add_argument("--quick", action="store_true", help="tiny random pipeline, few requests")
+    ap.add_argument("--out", help="write results JSON here")
+    args = ap.parse_args(argv)
+    questions = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            pipeline = tiny_pipeline(Path(tmp))
+            args.requests, args.concurrency = 24, [1, 4]
+            questions = [{"question": t[:80], "lang": "en"} for t in synthetic_texts(10, words=8, seed=1)]
+        elif args.pipeline:
+            pipeline = Path(args.pipeline)
+        else:
+            raise SystemExit("give --pipeline DIR (e.g. the pipeline 'cora demo' writes) or --quick")
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "cora.cli", "serve", "--pipeline", str(pipeline), "--port",
+                                   str(port), "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 600
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.time() > deadline:
+                        raise SystemExit("server did not start:\n" + server.stdout.read().decode()[-3000:])
+                    time.sleep(0.5)
+            post(url + "/answer", {"question": questions[0]["question"]})  # warm-up
+            rss_start = round(rss_mb(server.pid), 1)
+            rows = []
+            for c in args.concurrency:
+                rows.append(run_load(url, questions, args.requests, c, server.pid))
+            rss_end = round(rss_mb(server.pid), 1)
+            with urllib.request.urlopen(url + "/info", timeout=10) as res:
+                info = json.loads(res.read())
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    print_table(rows, ["concurrency", "requests", "requests_per_s", "p50_ms", "p95_ms", "errors"])
+    print(f"server RSS: {rss_start} MB after warm-up, {rss_end} MB at the end; during: "
+          + "; ".join(str(r["rss_mb_during"]) for r in rows))
+    print(f"batching: {info['batching']}")
+    write_results(args.out, {"machine": machine(), "pipeline": str(args.pipeline or "tiny"), "rows": rows,
+                             "rss_mb_start": rss_start, "rss_mb_end": rss_end, "batching": info["batching"],
+                             "datastore": info["datastore"]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
