@@ -21,6 +21,7 @@ _REGISTRARS = (
     "cora.commands.train",
     "cora.commands.demo",
     "cora.commands.serve",
+    "cora.commands.iterate",
 )
 
 

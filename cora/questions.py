@@ -23,6 +23,9 @@ class Question:
     gold_passage: str | None = None
     gold_group: str | None = None
     article: int | None = None
+    # Gold answers in other languages, when known (parallel sets such as XQuAD): used by the CORA loop to accept
+    # a language-linked passage as a positive when it contains the answer in its own language.
+    answers_by_lang: dict[str, list[str]] = field(default_factory=dict)
 
 
 def read_questions(path: str | os.PathLike) -> list[Question]:
@@ -49,7 +52,18 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
             raise DataFormatError(path, line_no, "must be a string", field="lang")
         if lang:
             check_language(lang, f"{path}:{line_no}")
-        out.append(Question(qid, text, lang or None, answers))
+        optional = {}
+        for key in ("gold_passage", "gold_group"):
+            if obj.get(key) is not None:
+                if not isinstance(obj[key], str | int):
+                    raise DataFormatError(path, line_no, "must be a string", field=key)
+                optional[key] = str(obj[key])
+        by_lang = obj.get("answers_by_lang") or {}
+        if not isinstance(by_lang, dict) or not all(
+                isinstance(v, list) and all(isinstance(a, str) for a in v) for v in by_lang.values()):
+            raise DataFormatError(path, line_no, "must map language codes to lists of strings",
+                                  field="answers_by_lang")
+        out.append(Question(qid, text, lang or None, answers, answers_by_lang=by_lang, **optional))
     return out
 
 
@@ -73,6 +87,13 @@ def read_squad_questions(
 def write_questions(questions: Iterable[Question], path: str | os.PathLike) -> None:
     from cora.fileio import atomic_write_text
 
-    atomic_write_text(path, "".join(
-        json.dumps({"id": q.id, "question": q.question, "lang": q.lang, "answers": q.answers}, ensure_ascii=False)
-        + "\n" for q in questions))
+    def row(q: Question) -> dict:
+        out = {"id": q.id, "question": q.question, "lang": q.lang, "answers": q.answers}
+        for key in ("gold_passage", "gold_group"):
+            if getattr(q, key) is not None:
+                out[key] = getattr(q, key)
+        if q.answers_by_lang:
+            out["answers_by_lang"] = q.answers_by_lang
+        return out
+
+    atomic_write_text(path, "".join(json.dumps(row(q), ensure_ascii=False) + "\n" for q in questions))

@@ -236,5 +236,43 @@ class ReaderTask:
             self.reader.model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
 
 
+class Seq2SeqTask:
+    """The seq2seq generator (mGEN) as a task of the one training loop: teacher-forced loss of the first gold
+    answer given CORA's input string over the example's passages (already in CORA's training order)."""
+
+    def __init__(self, generator, examples: Sequence[ReaderExample], batch_size: int):
+        self.generator, self.examples, self.batch_size = generator, list(examples), batch_size
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self.examples) // self.batch_size
+
+    def batches(self, epoch: int, rng: random.Random) -> Iterator[list[ReaderExample]]:
+        order = list(range(len(self.examples)))
+        rng.shuffle(order)
+        for b in range(self.num_batches(epoch)):
+            yield [self.examples[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+
+    def loss(self, batch: list[ReaderExample]) -> torch.Tensor:
+        return torch.stack([self.generator.loss(ex.question, ex.answer_lang, ex.passages, ex.answers[0])
+                            for ex in batch]).mean()
+
+    def evaluate(self) -> dict[str, float]:
+        return {"metric": 0.0}  # the loop evaluates the generator end to end after training
+
+    def parameters(self):
+        return self.generator.model.parameters()
+
+    def module(self) -> torch.nn.Module:
+        return self.generator.model
+
+    def save(self, folder: Path) -> None:
+        self.generator.save_pretrained(folder)
+
+    def load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.generator.model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=False)
+
+
 __all__ = ["ReaderSource", "DEFAULT_SOURCES", "Mixture", "reader_mixture", "xquad_dev_examples",
-           "score_gold_paragraph", "ReaderTask"]
+           "score_gold_paragraph", "ReaderTask", "Seq2SeqTask"]

@@ -1,0 +1,507 @@
+"""The CORA loop: iterative cross-lingual data expansion that retrains mDPR and the reader.
+
+Round 0 evaluates the starting retriever and reader. Every later round k mines new training data with the
+models of round k-1 and trains new ones from them:
+
+1. **retrieve** the top ``retrieve_k`` passages for every training question (all languages);
+2. **label** the top ``label_depth`` of them with the reader, one passage at a time (CORA's rule): a correct
+   answer makes a positive; a wrong answer without the answer string in the passage, a hard negative; a wrong
+   answer with the string present, a *fallback* positive, used only when the question has no reader positive;
+3. **mine**: positives (with the gold passage, when known) are expanded across languages through their groups
+   (language links): a version in another language is kept when it contains the gold answer in that language
+   (``answers_by_lang``, known for parallel sets such as XQuAD) or when the reader answers correctly from it.
+   Positives accumulate over rounds; the new cross-lingual ones are counted per language pair;
+4. **retriever**: mDPR is trained from the previous weights on the mined data, then the datastore is re-encoded
+   (**index**);
+5. **reader_data / reader**: the training questions are retrieved again with the new index, and the reader is
+   trained from the previous one on CORA's context (top ``reader_k`` with up to ``reader_positives``
+   answer-containing passages, shuffled);
+6. **metrics**: dev recall@k of the gold group per language, and dev F1/EM per language of the answer read from
+   the top ``eval_k`` passages (with language-link projection), on the main datastore and each eval datastore.
+
+Each step writes one output (a file or a folder) atomically; rerunning the same command skips every step whose
+output exists, and the two training steps resume from their own checkpoints. A round folder written under a
+different configuration is refused. Layout::
+
+    output_dir/config.json, summary.{md,json,png}
+    output_dir/round_k/config.json, retrieved.json, labels.jsonl, mined.json, retriever_run/, retriever/,
+                       index/, eval_index_<name>/, reader_data.jsonl, reader_run/, reader/, metrics.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cora.config import config_from_dict
+from cora.datastore import Datastore, Passage
+from cora.errors import CoraError
+from cora.fileio import atomic_dir, atomic_write_json, atomic_write_text
+from cora.questions import Question, read_questions
+from cora.reader.base import DEFAULT_READER
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+# Fields that may change between invocations without invalidating finished rounds.
+_FREE_FIELDS = ("output_dir", "rounds", "device")
+
+
+@dataclass
+class IterateConfig:
+    """``cora iterate --config``: every option of the loop, saved in the run folder and in each round."""
+
+    output_dir: str = field(metadata={"help": "run folder (round_0/, round_1/, ..., summary)"})
+    datastore: str = field(metadata={"help": "datastore mined and searched (all languages, with groups)"})
+    train_questions: str = field(metadata={"help": "JSONL: id, question, lang, answers [, gold_passage, "
+                                                   "answers_by_lang]"})
+    dev_questions: str = field(metadata={"help": "JSONL: id, question, lang, answers, gold_group"})
+    encoder: str = field(default="me5-small", metadata={"help": "round-0 retriever encoder"})
+    reader: str = field(default=DEFAULT_READER, metadata={"help": "round-0 reader (folder or shipped name)"})
+    rounds: int = field(default=2, metadata={"help": "rounds after round 0"})
+    eval_datastores: dict[str, str] = field(default_factory=dict,
+                                            metadata={"help": "name -> datastore, evaluated only"})
+    retrieve_k: int = field(default=100, metadata={"help": "passages retrieved per training question"})
+    label_depth: int = field(default=20, metadata={"help": "of those, how many the reader labels"})
+    hard_negatives: int = field(default=3, metadata={"help": "reader-labelled hard negatives kept per question"})
+    reader_k: int = field(default=10, metadata={"help": "passages in a reader training context (CORA: 10)"})
+    reader_positives: int = field(default=3, metadata={"help": "answer-containing passages sampled (CORA: 3)"})
+    eval_k: int = field(default=5, metadata={"help": "passages read per dev question"})
+    recall_ks: list[int] = field(default_factory=lambda: [1, 5, 20], metadata={"help": "dev recall cut-offs"})
+    retriever_train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields for mDPR"})
+    reader_train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields for the reader"})
+    temperature: float = field(default=0.05, metadata={"help": "mDPR softmax temperature"})
+    index_factory: str = field(default="Flat", metadata={"help": "FAISS factory of every round's index"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling and data order"})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
+
+    def __post_init__(self):
+        if self.rounds < 0:
+            raise CoraError(f"rounds must be >= 0, got {self.rounds}")
+        for name in ("retrieve_k", "label_depth", "reader_k", "eval_k"):
+            if getattr(self, name) < 1:
+                raise CoraError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.label_depth > self.retrieve_k:
+            raise CoraError(f"label_depth ({self.label_depth}) cannot exceed retrieve_k ({self.retrieve_k})")
+        if not 0 <= self.reader_positives <= self.reader_k:
+            raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
+
+
+# ------------------------------------------------------------------------------------ pure mining rules
+def answers_for(q: Question, lang: str) -> list[str]:
+    """The gold answers a passage in ``lang`` can be checked against: the question's own, plus the known
+    answers in that language (parallel sets)."""
+    return list(dict.fromkeys([*q.answers, *q.answers_by_lang.get(lang, [])]))
+
+
+def contains_answer(text: str, answers: Sequence[str]) -> bool:
+    low = text.casefold()
+    return any(a.strip() and a.strip().casefold() in low for a in answers)
+
+
+def is_correct(prediction: str, answers: Sequence[str], lang: str) -> bool:
+    """Exact match after the 'fixed' XOR normalisation (language-aware tokenisation)."""
+    from cora.evaluation.xor import score_one
+
+    answers = [a for a in answers if a.strip()]
+    return bool(prediction.strip() and answers) and score_one(prediction, answers, lang, "fixed")[1] == 1.0
+
+
+@dataclass(frozen=True)
+class Label:
+    row: int
+    lang: str
+    prediction: str
+    correct: bool
+    contains: bool
+
+
+def cora_rule(labels: Sequence[Label]) -> tuple[list[int], list[int], bool]:
+    """CORA's labelling rule -> (positives, hard negatives, whether the positives are fallbacks)."""
+    reader_pos = [lb.row for lb in labels if lb.correct]
+    fallback = [lb.row for lb in labels if not lb.correct and lb.contains]
+    negatives = [lb.row for lb in labels if not lb.correct and not lb.contains]
+    return (reader_pos or fallback), negatives, not reader_pos and bool(fallback)
+
+
+def expand_by_groups(q: Question, positives: Sequence[int], datastore: Datastore,
+                     confirm: Callable[[Passage], bool]) -> dict[int, str]:
+    """Language-linked versions of the positives that are positives too: row -> how it was accepted
+    ('answer': holds the gold answer of its language; 'reader': the reader answers correctly from it)."""
+    known = set(positives)
+    out: dict[int, str] = {}
+    for row in positives:
+        source = datastore[row]
+        for sib in datastore.group_rows(source.group):
+            if sib in known or sib in out:
+                continue
+            p = datastore[sib]
+            if p.lang == source.lang:
+                continue
+            in_lang = q.answers if p.lang == q.lang else q.answers_by_lang.get(p.lang, [])
+            if in_lang and contains_answer(p.text, in_lang):
+                out[sib] = "answer"
+            elif confirm(p):
+                out[sib] = "reader"
+    return out
+
+
+# ---------------------------------------------------------------------------------------- the loop
+class Loop:
+    def __init__(self, cfg: IterateConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.datastore = Datastore(cfg.datastore)
+        self.train_q = read_questions(cfg.train_questions)
+        self.dev_q = read_questions(cfg.dev_questions)
+        for path, qs in ((cfg.train_questions, self.train_q), (cfg.dev_questions, self.dev_q)):
+            missing = [q.id for q in qs if not q.lang]
+            if missing:
+                raise CoraError(f"{path}: question {missing[0]!r} has no 'lang' (needed to score it)")
+        if not self.train_q:
+            raise CoraError(f"{cfg.train_questions}: no training questions")
+        if any(q.gold_group is None for q in self.dev_q):
+            raise CoraError(f"{cfg.dev_questions}: every dev question needs a 'gold_group' (recall is measured "
+                            "on it)")
+        self.eval_stores = {"main": self.datastore} | {n: Datastore(p) for n, p in cfg.eval_datastores.items()}
+
+    # --- bookkeeping
+    def _check_config(self, folder: Path) -> None:
+        mine = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _FREE_FIELDS}
+        path = folder / CONFIG_FILE
+        if path.exists():
+            theirs = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items()
+                      if k not in _FREE_FIELDS and k != "type"}
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            if differ:
+                raise CoraError(f"{folder} was written with a different configuration ({', '.join(differ)} "
+                                "differ); use another --output-dir, or restore the original options")
+        else:
+            atomic_write_json(path, {"type": "IterateConfig", **dataclasses.asdict(self.cfg)})
+
+    def _step(self, folder: Path, name: str, fn: Callable[[Path], None]) -> Path:
+        """Run ``fn(output path)`` unless the step's output already exists."""
+        target = folder / name
+        if target.exists():
+            logger.info("%s/%s: done before, skipped", folder.name, name)
+            return target
+        logger.info("%s/%s ...", folder.name, name)
+        fn(target)
+        return target
+
+    def retriever_dir(self, k: int) -> str:
+        return self.cfg.encoder if k == 0 else str(self.out / f"round_{k}" / "retriever")
+
+    def reader_dir(self, k: int) -> str:
+        return self.cfg.reader if k == 0 else str(self.out / f"round_{k}" / "reader")
+
+    def _encoder(self, k: int):
+        from cora.models import Encoder
+
+        return Encoder.from_pretrained(self.retriever_dir(k), device=self.cfg.device)
+
+    def _reader(self, k: int):
+        from cora.reader.base import load_reader
+
+        return load_reader(self.reader_dir(k), device=self.cfg.device)
+
+    def _index(self, encoder, datastore: Datastore, target: Path, name: str) -> None:
+        from cora.index import build_index
+
+        with atomic_dir(target) as tmp:
+            build_index(datastore, encoder, tmp, name, factory=self.cfg.index_factory)
+
+    def _search(self, k: int, questions: Sequence[Question], depth: int, store: str = "main") -> list[list[int]]:
+        from cora.index import DenseIndex
+        from cora.retriever import Retriever
+
+        folder = self.out / f"round_{k}" / ("index" if store == "main" else f"eval_index_{store}")
+        retriever = Retriever(self._encoder(k), DenseIndex.load(folder), self.eval_stores[store])
+        hits = retriever.search_batch([q.question for q in questions], k=depth)
+        return [[h.row for h in hs] for hs in hits]
+
+    # --- the run
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_config(self.out)
+        for k in range(self.cfg.rounds + 1):
+            folder = self.out / f"round_{k}"
+            folder.mkdir(exist_ok=True)
+            self._check_config(folder)
+            if k > 0:
+                self._mine_and_train(k, folder)
+            else:
+                self._step(folder, "index", lambda t: self._index(self._encoder(0), self.datastore, t,
+                                                                    self.cfg.encoder))
+            for name, store in self.eval_stores.items():
+                if name != "main":
+                    self._step(folder, f"eval_index_{name}",
+                               lambda t, s=store, k=k: self._index(self._encoder(k), s, t, self.retriever_dir(k)))
+            self._step(folder, "metrics.json", lambda t, k=k: atomic_write_json(t, self.evaluate(k)))
+        return self.summarise()
+
+    def _mine_and_train(self, k: int, folder: Path) -> None:
+        self._step(folder, "retrieved.json", lambda t: atomic_write_json(
+            t, dict(zip([q.id for q in self.train_q], self._search(k - 1, self.train_q, self.cfg.retrieve_k),
+                        strict=True))))
+        self._step(folder, "labels.jsonl", lambda t: self.label(k, folder, t))
+        self._step(folder, "mined.json", lambda t: atomic_write_json(t, self.mine(k, folder)))
+        self._step(folder, "retriever", lambda t: self.train_retriever(k, folder, t))
+        self._step(folder, "index", lambda t: self._index(self._encoder(k), self.datastore, t, self.retriever_dir(k)))
+        self._step(folder, "reader_data.jsonl", lambda t: self.reader_data(k, t))
+        self._step(folder, "reader", lambda t: self.train_reader(k, folder, t))
+
+    # --- steps
+    def label(self, k: int, folder: Path, target: Path) -> None:
+        from tqdm import tqdm
+
+        reader = self._reader(k - 1)
+        retrieved = json.loads((folder / "retrieved.json").read_text(encoding="utf-8"))
+        lines = []
+        for q in tqdm(self.train_q, desc=f"round {k}: reader labels", unit="question"):
+            labels = []
+            for row in retrieved[q.id][: self.cfg.label_depth]:
+                p = self.datastore[row]
+                gold = answers_for(q, p.lang)
+                pred = reader.read(q.question, [p], q.lang).text if p.text.strip() else ""
+                labels.append(dataclasses.asdict(Label(row, p.lang, pred, is_correct(pred, gold, p.lang),
+                                                       contains_answer(p.text, gold))))
+            lines.append(json.dumps({"id": q.id, "labels": labels}, ensure_ascii=False) + "\n")
+        atomic_write_text(target, "".join(lines))
+
+    def mine(self, k: int, folder: Path) -> dict:
+        reader = self._reader(k - 1)
+        labels = {}
+        for line in (folder / "labels.jsonl").read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            labels[rec["id"]] = [Label(**lb) for lb in rec["labels"]]
+        previous: dict[str, dict] = {}
+        if k > 1:
+            prev = json.loads((self.out / f"round_{k - 1}" / "mined.json").read_text(encoding="utf-8"))
+            previous = prev["questions"]
+        questions, counts = {}, Counter()
+        new_pairs: Counter = Counter()
+        for q in self.train_q:
+            positives, negatives, fallback = cora_rule(labels[q.id])
+            counts["reader_positive_questions" if positives and not fallback else
+                   "fallback_questions" if fallback else "no_positive_questions"] += 1
+            sources = {r: ("fallback" if fallback else "reader") for r in positives}
+            if q.gold_passage is not None:
+                try:
+                    gold = self.datastore.row_of(q.gold_passage)
+                    sources = {gold: "gold"} | {r: s for r, s in sources.items() if r != gold}
+                except KeyError:
+                    counts["gold_not_in_datastore"] += 1
+
+            def confirm(p: Passage, q: Question = q) -> bool:
+                pred = reader.read(q.question, [p], q.lang).text
+                return is_correct(pred, answers_for(q, p.lang), p.lang)
+
+            expanded = expand_by_groups(q, list(sources), self.datastore, confirm)
+            for row, how in expanded.items():
+                sources.setdefault(row, f"expand-{how}")
+            old = {int(r): s for r, s in previous.get(q.id, {}).get("positives", {}).items()}
+            for row, how in sources.items():
+                counts[f"positives_{how}"] += 1
+                if row not in old and self.datastore[row].lang != q.lang:
+                    new_pairs[f"{q.lang}->{self.datastore[row].lang}"] += 1
+            merged = old | sources
+            merged_negatives = [r for r in negatives if r not in merged][: self.cfg.hard_negatives]
+            counts["hard_negatives"] += len(merged_negatives)
+            questions[q.id] = {"positives": {str(r): s for r, s in merged.items()}, "hard_negatives": merged_negatives}
+        return {"round": k, "counts": dict(sorted(counts.items())),
+                "new_cross_lingual_positives": dict(sorted(new_pairs.items())),
+                "new_cross_lingual_total": sum(new_pairs.values()), "questions": questions}
+
+    def _dpr_examples(self, mined: dict) -> list:
+        from cora.retriever_training import Ctx, DPRExample
+
+        def ctx(row: int) -> Ctx:
+            p = self.datastore[row]
+            return Ctx(p.id, p.title, p.text)
+
+        out = []
+        for q in self.train_q:
+            rec = mined["questions"][q.id]
+            rows = [int(r) for r in rec["positives"]]
+            if not rows:
+                continue
+            # The question's own-language positive first: the trainer uses it as the "native" positive.
+            rows.sort(key=lambda r: (rec["positives"][str(r)] != "gold", self.datastore[r].lang != q.lang))
+            out.append(DPRExample(q.question, list(q.answers), q.lang, [ctx(r) for r in rows], [],
+                                  [ctx(r) for r in rec["hard_negatives"]]))
+        return out
+
+    def train_retriever(self, k: int, folder: Path, target: Path) -> None:
+        from cora.retriever_training import RetrieverTask
+        from cora.training import TrainConfig, train
+
+        mined = json.loads((folder / "mined.json").read_text(encoding="utf-8"))
+        examples = self._dpr_examples(mined)
+        tcfg = config_from_dict(TrainConfig, {"seed": self.cfg.seed, **self.cfg.retriever_train,
+                                              "output_dir": str(folder / "retriever_run")}, "retriever_train")
+        if len(examples) < tcfg.batch_size:
+            raise CoraError(f"round {k}: {len(examples)} mined examples, fewer than one batch of {tcfg.batch_size}")
+        encoder = self._encoder(k - 1)
+        task = RetrieverTask(encoder, examples, tcfg.batch_size, None, self.cfg.temperature, dropout=False)
+        train(task, tcfg)
+        with atomic_dir(target) as tmp:
+            encoder.save_pretrained(tmp)
+
+    def reader_data(self, k: int, target: Path) -> None:
+        from cora.reader.seq2seq import training_passages
+
+        rng = random.Random(self.cfg.seed * 7919 + k)
+        ranked = self._search(k, self.train_q, max(self.cfg.reader_k * 2, self.cfg.reader_k))
+        lines, dropped = [], 0
+        for q, rows in zip(self.train_q, ranked, strict=True):
+            passages = self.datastore.rows(rows)
+            answers = list(dict.fromkeys([*q.answers, *(a for v in q.answers_by_lang.values() for a in v)]))
+            context = training_passages(passages, answers, rng, self.cfg.reader_k, self.cfg.reader_positives)
+            if not any(a and a in p.text for p in context for a in answers):
+                dropped += 1  # nothing to point at (extractive) or to ground the answer (seq2seq)
+                continue
+            lines.append(json.dumps({"id": q.id, "question": q.question, "lang": q.lang, "answers": answers,
+                                     "answer": q.answers[0], "passages": [p.id for p in context]},
+                                    ensure_ascii=False) + "\n")
+        logger.info("round %d: reader data for %d questions (%d without an answer-containing passage dropped)",
+                    k, len(lines), dropped)
+        if not lines:
+            raise CoraError(f"round {k}: no training question has an answer-containing passage in its top "
+                            f"{self.cfg.reader_k}; the reader cannot be trained")
+        atomic_write_text(target, "".join(lines))
+
+    def train_reader(self, k: int, folder: Path, target: Path) -> None:
+        from cora.reader.data import ReaderExample
+        from cora.reader.training import ReaderTask, Seq2SeqTask
+        from cora.training import TrainConfig, train
+
+        reader = self._reader(k - 1)
+        rows = [json.loads(line) for line in (folder / "reader_data.jsonl").read_text(encoding="utf-8").splitlines()]
+        examples = [ReaderExample(r["id"], r["question"], r["lang"], [self.datastore.get(i) for i in r["passages"]],
+                                  r["answers"] if reader.config.backend == "extractive" else [r["answer"]],
+                                  r["lang"]) for r in rows]
+        tcfg = config_from_dict(TrainConfig, {"seed": self.cfg.seed, **self.cfg.reader_train,
+                                              "output_dir": str(folder / "reader_run")}, "reader_train")
+        if len(examples) < tcfg.batch_size:
+            raise CoraError(f"round {k}: {len(examples)} reader examples, fewer than one batch of {tcfg.batch_size}")
+        if reader.config.backend == "extractive":
+            task = ReaderTask(reader, examples, tcfg.batch_size, negative_rate=0.0)
+        else:
+            task = Seq2SeqTask(reader, examples, tcfg.batch_size)
+        train(task, tcfg)
+        with atomic_dir(target) as tmp:
+            reader.save_pretrained(tmp)
+
+    def evaluate(self, k: int) -> dict:
+        from tqdm import tqdm
+
+        from cora.evaluation.retrieval import RankedResult, recall_at_k
+        from cora.evaluation.xor import score_one
+        from cora.reader.projection import project_answer
+
+        reader = self._reader(k)
+        depth = max([*self.cfg.recall_ks, self.cfg.eval_k])
+        out: dict = {"round": k, "retriever": self.retriever_dir(k), "reader": self.reader_dir(k), "datastores": {}}
+        for name, store in self.eval_stores.items():
+            ranked = self._search(k, self.dev_q, depth, name)
+            results, per_lang = [], {}
+            for q, rows in tqdm(list(zip(self.dev_q, ranked, strict=True)), desc=f"round {k}: dev ({name})",
+                                unit="question"):
+                passages = store.rows(rows)
+                results.append(RankedResult(q.lang, [p.group for p in passages], frozenset({q.gold_group})))
+                answer = reader.read(q.question, passages[: self.cfg.eval_k], q.lang)
+                answer = project_answer(reader, q.question, answer, store)
+                f1, em, _ = score_one(answer.text, q.answers, q.lang, "fixed")
+                per_lang.setdefault(q.lang, []).append((f1, em))
+            qa = {lang: {"F1": 100 * sum(f for f, _ in v) / len(v), "EM": 100 * sum(e for _, e in v) / len(v),
+                         "n": len(v)} for lang, v in sorted(per_lang.items())}
+            qa["macro"] = {m: sum(t[m] for t in qa.values()) / len(qa) for m in ("F1", "EM")}
+            out["datastores"][name] = {"recall": recall_at_k(results, self.cfg.recall_ks), "qa": qa}
+        if k > 0:
+            mined = json.loads((self.out / f"round_{k}" / "mined.json").read_text(encoding="utf-8"))
+            out["mining"] = {key: mined[key] for key in ("counts", "new_cross_lingual_positives",
+                                                         "new_cross_lingual_total")}
+        return out
+
+    # --- summary
+    def summarise(self) -> dict:
+        metrics = [json.loads((self.out / f"round_{k}" / "metrics.json").read_text(encoding="utf-8"))
+                   for k in range(self.cfg.rounds + 1)]
+        md = summary_markdown(metrics, self.cfg.recall_ks)
+        atomic_write_text(self.out / "summary.md", md)
+        atomic_write_json(self.out / "summary.json", metrics)
+        plot_rounds(metrics, self.out / "summary.png")
+        print(md)
+        return {"rounds": len(metrics), "summary": str(self.out / "summary.md")}
+
+
+def summary_markdown(metrics: Sequence[dict], recall_ks: Sequence[int]) -> str:
+    """Per datastore: one row per round with macro recall and F1/EM, then per-language F1 and recall@max-k, then
+    the new cross-lingual positives mined per language pair."""
+    lines = []
+    kmax = max(recall_ks)
+    for store in metrics[0]["datastores"]:
+        langs = [lang for lang in metrics[0]["datastores"][store]["qa"] if lang != "macro"]
+        lines += [f"### {store} datastore", "",
+                  "| round | " + " | ".join(f"R@{k}" for k in recall_ks) + " | F1 | EM | "
+                  + " | ".join(f"{lang} F1 / R@{kmax}" for lang in langs) + " |",
+                  "|---" * (len(recall_ks) + 3 + len(langs)) + "|"]
+        for m in metrics:
+            d = m["datastores"][store]
+            rec, qa = d["recall"], d["qa"]
+            cells = [f"{100 * rec['macro'][f'R@{k}']:.1f}" for k in recall_ks]
+            cells += [f"{qa['macro']['F1']:.1f}", f"{qa['macro']['EM']:.1f}"]
+            cells += [f"{qa[lang]['F1']:.1f} / {100 * rec[lang][f'R@{kmax}']:.0f}" for lang in langs]
+            lines.append(f"| {m['round']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### mining", "", "| round | new cross-lingual positives | by pair (top 8) | reader-positive "
+              "questions | fallback questions | none | hard negatives |", "|---|---|---|---|---|---|---|"]
+    for m in metrics[1:]:
+        mi = m["mining"]
+        top = sorted(mi["new_cross_lingual_positives"].items(), key=lambda kv: -kv[1])[:8]
+        c = mi["counts"]
+        lines.append(f"| {m['round']} | {mi['new_cross_lingual_total']} | "
+                     + ", ".join(f"{p} {n}" for p, n in top) + f" | {c.get('reader_positive_questions', 0)} | "
+                     f"{c.get('fallback_questions', 0)} | {c.get('no_positive_questions', 0)} | "
+                     f"{c.get('hard_negatives', 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rounds(metrics: Sequence[dict], path: Path) -> None:
+    """Per-round curves: macro F1 and recall@max-k per datastore, and per-language F1 on the main one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [m["round"] for m in metrics]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for store in metrics[0]["datastores"]:
+        kmax = max(int(k[2:]) for k in metrics[0]["datastores"][store]["recall"]["macro"])
+        ax1.plot(rounds, [m["datastores"][store]["qa"]["macro"]["F1"] for m in metrics], "o-",
+                 label=f"{store}: F1")
+        ax1.plot(rounds, [100 * m["datastores"][store]["recall"]["macro"][f"R@{kmax}"] for m in metrics], "s--",
+                 label=f"{store}: R@{kmax}")
+    ax1.set(xlabel="round", ylabel="macro (%)", title="dev, macro over languages", xticks=rounds)
+    ax1.legend(fontsize=8)
+    main = metrics[0]["datastores"]["main"]["qa"]
+    for lang in (x for x in main if x != "macro"):
+        ax2.plot(rounds, [m["datastores"]["main"]["qa"][lang]["F1"] for m in metrics], "o-", label=lang)
+    ax2.set(xlabel="round", ylabel="F1", title="dev F1 per language (main datastore)", xticks=rounds)
+    ax2.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+__all__ = ["IterateConfig", "Loop", "Label", "cora_rule", "expand_by_groups", "answers_for", "contains_answer",
+           "is_correct", "summary_markdown", "plot_rounds"]

@@ -1,0 +1,218 @@
+"""The CORA loop: mining rules on hand-made labels, and two tiny rounds end to end with resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cora.datastore import Datastore, read_jsonl
+from cora.errors import CoraError
+from cora.iterate import IterateConfig, Label, Loop, cora_rule, expand_by_groups, is_correct
+from cora.questions import Question
+from tests.conftest import CORPUS
+
+TRAIN = [
+    Question("nile/en", "where is the nile river", "en", ["Africa"], "nile-en", "nile",
+             answers_by_lang={"de": ["Afrika"], "es": ["África"]}),
+    Question("nile/de", "wo ist der nil", "de", ["Afrika"], "nile-de", "nile",
+             answers_by_lang={"en": ["Africa"], "es": ["África"]}),
+    Question("moon/es", "que orbita la luna", "es", ["la Tierra"], "moon-es", "moon",
+             answers_by_lang={"en": ["the Earth"], "de": ["die Erde"]}),
+    Question("tea/en", "what is tea made from", "en", ["leaves"], "tea-en", "tea",
+             answers_by_lang={"de": ["Blättern"], "es": ["hojas"]}),
+]
+DEV = [Question("moon/en", "what does the moon orbit", "en", ["the Earth"], None, "moon"),
+       Question("tea/de", "woraus ist tee", "de", ["Blättern"], None, "tea")]
+
+
+# ------------------------------------------------------------------------------------------ the rules
+def test_cora_rule_positives_negatives_and_fallback():
+    labels = [Label(5, "en", "Africa", True, True), Label(6, "en", "Asia", False, True),
+              Label(7, "de", "Mond", False, False)]
+    assert cora_rule(labels) == ([5], [7], False)
+    # No reader positive: the answer-containing wrong ones become fallback positives.
+    assert cora_rule(labels[1:]) == ([6], [7], True)
+    assert cora_rule([Label(7, "de", "x", False, False)]) == ([], [7], False)
+
+
+def test_is_correct_uses_language_aware_normalisation():
+    assert is_correct("Earth.", ["earth"], "en")  # case and punctuation are normalised away
+    assert not is_correct("the Earth", ["Earth"], "en")  # XOR keeps articles (multilingual normalisation)
+    assert not is_correct("", ["Earth"], "en")
+    assert not is_correct("Earth", [""], "en")
+
+
+def test_expand_by_groups_accepts_by_answer_or_by_reader(datastore):
+    q = TRAIN[0]
+    en, de, es = (datastore.row_of(i) for i in ("nile-en", "nile-de", "nile-es"))
+    asked = []
+
+    def confirm(p):
+        asked.append(p.id)
+        return False
+
+    # Both versions hold the answer in their own language: accepted without asking the reader.
+    assert expand_by_groups(q, [en], datastore, confirm) == {de: "answer", es: "answer"}
+    assert asked == []
+    # Without the Spanish answer the reader decides.
+    q2 = Question("q", "where is the nile river", "en", ["Africa"], answers_by_lang={"de": ["Afrika"]})
+    assert expand_by_groups(q2, [en], datastore, lambda p: True) == {de: "answer", es: "reader"}
+    assert expand_by_groups(q2, [en], datastore, confirm) == {de: "answer"} and asked == ["nile-es"]
+    # A passage without a group of its own kind has no siblings.
+    assert expand_by_groups(q, [datastore.row_of("solo-en")], datastore, confirm) == {}
+
+
+# ---------------------------------------------------------------------------------------- end to end
+def _write(path, questions):
+    from cora.questions import write_questions
+
+    write_questions(questions, path)
+    return path
+
+
+def _tiny_extractive_reader(encoder_dir, folder):
+    from cora.models import _load_hf_encoder
+    from cora.reader.base import ReaderConfig
+    from cora.reader.extractive import ExtractiveReader, SpanModel
+
+    torch.manual_seed(0)
+    encoder, tokenizer = _load_hf_encoder(str(encoder_dir))
+    ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=3),
+                     device="cpu").save_pretrained(folder)
+    return folder
+
+
+def _tiny_mt5_reader(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
+
+    from cora.reader.base import ReaderConfig
+    from cora.reader.seq2seq import Seq2SeqGenerator
+
+    words = {w for p in CORPUS for w in (p["title"] + " " + p["text"]).split()}
+    words |= {w for q in TRAIN + DEV for w in (q.question + " " + " ".join(q.answers)).split()}
+    vocab = {w: i for i, w in enumerate(["[PAD]", "</s>", "[UNK]", "<Q>:", "<P>:", *sorted(words)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="</s>", unk_token="[UNK]")
+    torch.manual_seed(0)
+    model = MT5ForConditionalGeneration(MT5Config(
+        vocab_size=len(vocab), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    Seq2SeqGenerator(model, tokenizer, ReaderConfig(backend="seq2seq", model="tiny-mt5", num_beams=1,
+                                                    max_target_length=4), device="cpu").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def loop_config(tmp_path, datastore, corpus_file, tiny_encoder_dir):
+    english = Datastore.build((x for x in read_jsonl(corpus_file) if x[1].lang == "en"), tmp_path / "ds-en")
+    return dict(
+        output_dir=str(tmp_path / "run"), datastore=str(datastore.path),
+        train_questions=str(_write(tmp_path / "train.jsonl", TRAIN)),
+        dev_questions=str(_write(tmp_path / "dev.jsonl", DEV)),
+        encoder=str(tiny_encoder_dir), reader=str(_tiny_extractive_reader(tiny_encoder_dir, tmp_path / "reader")),
+        rounds=2, eval_datastores={"en": str(english.path)}, retrieve_k=6, label_depth=4, hard_negatives=2,
+        reader_k=3, reader_positives=1, eval_k=2, recall_ks=[1, 3],
+        retriever_train={"batch_size": 2, "max_steps": 2, "lr": 1e-3, "save_every": 1, "eval_every": 100},
+        reader_train={"batch_size": 2, "max_steps": 2, "lr": 1e-3, "save_every": 1, "eval_every": 100},
+        device="cpu")
+
+
+def test_two_rounds_end_to_end_with_resume_and_config_check(loop_config, datastore, monkeypatch):
+    cfg = IterateConfig(**loop_config)
+    run = Loop(cfg).out
+
+    # Interrupt round 1 while the reader trains: everything before it is complete, the reader is absent.
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    real_train_reader = Loop.train_reader
+    monkeypatch.setattr(Loop, "train_reader", boom)
+    with pytest.raises(KeyboardInterrupt):
+        Loop(cfg).run()
+    r1 = run / "round_1"
+    assert (run / "round_0" / "metrics.json").exists()
+    for done in ("retrieved.json", "labels.jsonl", "mined.json", "retriever", "index", "reader_data.jsonl"):
+        assert (r1 / done).exists(), done
+    assert not (r1 / "reader").exists() and not (r1 / "metrics.json").exists()
+    assert not [p for p in r1.iterdir() if p.name.startswith(".")]  # no half-written temp folders left
+
+    # Rerun: finished steps are not redone (labelling and mDPR training are not called again for round 1).
+    monkeypatch.setattr(Loop, "train_reader", real_train_reader)
+    calls = []
+    for name in ("label", "train_retriever"):
+        real = getattr(Loop, name)
+        monkeypatch.setattr(Loop, name, lambda self, k, *a, _n=name, _r=real: (calls.append((_n, k)),
+                                                                               _r(self, k, *a))[1])
+    result = Loop(cfg).run()
+    assert calls == [("label", 2), ("train_retriever", 2)]
+    assert result["rounds"] == 3
+
+    for k in (0, 1, 2):
+        m = json.loads((run / f"round_{k}" / "metrics.json").read_text())
+        assert set(m["datastores"]) == {"main", "en"}
+        assert set(m["datastores"]["main"]["qa"]) == {"en", "de", "macro"}
+        assert set(m["datastores"]["main"]["recall"]["en"]) == {"R@1", "R@3"}
+        assert m["datastores"]["main"]["qa"]["en"]["n"] == 1
+    for k in (1, 2):
+        for name in ("retriever", "reader", "index", "eval_index_en", "config.json"):
+            assert (run / f"round_{k}" / name).exists()
+
+    # Mining: every question keeps its whole gold group as positives (the gold passage, plus its versions that
+    # hold the answer in their language), hard negatives never overlap them, positives accumulate over rounds
+    # and the "new" cross-lingual count is exactly what round 2 added.
+    mined = [json.loads((run / f"round_{k}" / "mined.json").read_text()) for k in (1, 2)]
+    for q in TRAIN:
+        gold_group = {str(r) for r in datastore.group_rows(q.gold_group)}
+        for m in mined:
+            rec = m["questions"][q.id]
+            assert gold_group <= set(rec["positives"])
+            assert rec["positives"][str(datastore.row_of(q.gold_passage))] == "gold"
+            assert not set(map(str, rec["hard_negatives"])) & set(rec["positives"])
+            assert len(rec["hard_negatives"]) <= 2
+        assert set(mined[0]["questions"][q.id]["positives"]) <= set(mined[1]["questions"][q.id]["positives"])
+    assert mined[0]["counts"]["positives_gold"] == len(TRAIN) == mined[1]["counts"]["positives_gold"]
+    assert mined[0]["new_cross_lingual_total"] == sum(mined[0]["new_cross_lingual_positives"].values()) >= 8
+    added = 0
+    for q in TRAIN:
+        before, after = (set(m["questions"][q.id]["positives"]) for m in mined)
+        added += sum(datastore[int(r)].lang != q.lang for r in after - before)
+    assert mined[1]["new_cross_lingual_total"] == added
+    labels = [json.loads(line) for line in (r1 / "labels.jsonl").read_text().splitlines()]
+    assert [len(rec["labels"]) for rec in labels] == [4] * len(TRAIN)
+
+    summary = (run / "summary.md").read_text()
+    assert "### main datastore" in summary and "### en datastore" in summary and "### mining" in summary
+    assert summary.count("\n| 2 |") == 3  # round 2 in both datastore tables and in the mining table
+    assert (run / "summary.png").stat().st_size > 1000
+
+    # A finished run reruns as a no-op; a different configuration is refused, naming what differs.
+    assert Loop(cfg).run()["rounds"] == 3
+    with pytest.raises(CoraError, match="label_depth"):
+        Loop(IterateConfig(**{**loop_config, "label_depth": 3})).run()
+
+
+def test_loop_runs_with_a_seq2seq_reader(loop_config, tmp_path):
+    cfg = IterateConfig(**{**loop_config, "reader": str(_tiny_mt5_reader(tmp_path / "mt5")), "rounds": 1,
+                           "eval_datastores": {}})
+    Loop(cfg).run()
+    from cora.reader.base import load_reader
+
+    assert load_reader(tmp_path / "run" / "round_1" / "reader").config.backend == "seq2seq"
+    m = json.loads((tmp_path / "run" / "round_1" / "metrics.json").read_text())
+    assert m["mining"]["counts"]["positives_gold"] == len(TRAIN)
+
+
+def test_bad_configs_are_refused(loop_config, tmp_path):
+    with pytest.raises(CoraError, match="label_depth"):
+        IterateConfig(**{**loop_config, "label_depth": 10})
+    (tmp_path / "nolang.jsonl").write_text('{"id": "a", "question": "where", "answers": ["x"]}\n')
+    with pytest.raises(CoraError, match="lang"):
+        Loop(IterateConfig(**{**loop_config, "train_questions": str(tmp_path / "nolang.jsonl")}))
+    (tmp_path / "nogroup.jsonl").write_text('{"id": "a", "question": "where", "lang": "en", "answers": ["x"]}\n')
+    with pytest.raises(CoraError, match="gold_group"):
+        Loop(IterateConfig(**{**loop_config, "dev_questions": str(tmp_path / "nogroup.jsonl")}))
