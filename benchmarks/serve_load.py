@@ -144,7 +144,7 @@ def main(argv=None) -> int:
                         break
                 except OSError:
                     if server.poll() is not None or time.time() > deadline:
-                        raise SystemExit("server did not start:\n" + server.stdout.read().decode()[-3000:])
+                        raise SystemExit("server did not start:\n" + server.stdout.read().decode()[-3000:]) from None
                     time.sleep(0.5)
             post(url + "/answer", {"question": questions[0]["question"]})  # warm-up
             rss_start = round(rss_mb(server.pid), 1)

@@ -122,7 +122,7 @@ def test_reader_task_batches_are_seeded_and_crops_keep_the_answer(partial_reader
     assert first == list(task.batches(0, random.Random(3)))
     assert len(first) == 4 and sorted(len(b) for b in first) == [2, 2, 2, 2]
     for batch in first:
-        for _, passages, answers in batch:
+        for _, passages, _answers in batch:
             gold = [p for p in passages if p.group.startswith("g")]
             assert len(gold) == 1 and "Der Mond" in gold[0].text  # cropped around the answer, never away from it
             ids = partial_reader.tokenizer(gold[0].text, add_special_tokens=False)["input_ids"]
