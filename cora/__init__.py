@@ -37,6 +37,8 @@ _EXPORTS = {
     "read_questions": "cora.questions",
     "detect_language": "cora.languages",
     "CoraError": "cora.errors",
+    "IterateConfig": "cora.iterate",
+    "Loop": "cora.iterate",
 }
 
 __all__ = sorted(_EXPORTS)
