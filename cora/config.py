@@ -50,3 +50,12 @@ class EncoderConfig:
     normalize: bool = field(default=False, metadata={"help": "L2-normalise embeddings (inner product = cosine)"})
     query_max_length: int = field(default=64, metadata={"help": "max query tokens"})
     passage_max_length: int = field(default=512, metadata={"help": "max passage tokens (title + text)"})
+    query_adapter: str | None = field(default=None, metadata={
+        "help": "LoRA adapter folder (inside the encoder folder) applied to the query tower only; passages are "
+                "encoded by the plain backbone, so an index built with the backbone serves this encoder as is"})
+
+    def passage_side(self) -> dict:
+        """What decides a passage vector besides the weights: two encoders with the same passage tower and the
+        same passage side produce the same index."""
+        return {"pooling": self.pooling, "passage_prefix": self.passage_prefix, "normalize": self.normalize,
+                "passage_max_length": self.passage_max_length}

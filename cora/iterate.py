@@ -77,6 +77,12 @@ class IterateConfig:
     retriever_train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields for mDPR"})
     reader_train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields for the reader"})
     temperature: float = field(default=0.05, metadata={"help": "mDPR softmax temperature"})
+    retriever_tower: str = field(default="shared", metadata={
+        "help": "'shared': mDPR as in CORA, one encoder trained for questions and passages, the datastore "
+                "re-encoded every round. 'query': only a LoRA query tower is trained, over the frozen passage "
+                "vectors of round 0, so no round re-encodes the datastore (see 'cora train retriever --tower')"})
+    lora_rank: int = field(default=16, metadata={"help": "rank of the query tower's adapter (retriever_tower "
+                                                          "'query')"})
     index_factory: str = field(default="Flat", metadata={"help": "FAISS factory of every round's index"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and data order"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
@@ -89,6 +95,8 @@ class IterateConfig:
                 raise CoraError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.label_depth > self.retrieve_k:
             raise CoraError(f"label_depth ({self.label_depth}) cannot exceed retrieve_k ({self.retrieve_k})")
+        if self.retriever_tower not in ("shared", "query"):
+            raise CoraError(f"retriever_tower must be 'shared' or 'query', got {self.retriever_tower!r}")
         if not 0 <= self.reader_positives <= self.reader_k:
             raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
 
@@ -212,10 +220,17 @@ class Loop:
         return load_reader(self.reader_dir(k), device=self.cfg.device)
 
     def _index(self, encoder, datastore: Datastore, target: Path, name: str) -> None:
+        import shutil
+
         from cora.index import build_index
 
+        round0 = self.out / "round_0" / target.name
         with atomic_dir(target) as tmp:
-            build_index(datastore, encoder, tmp, name, factory=self.cfg.index_factory)
+            if self.cfg.retriever_tower == "query" and target.parent.name != "round_0":
+                # The passage tower never trains: round 0's vectors are this round's, bit for bit.
+                shutil.copytree(round0, tmp, dirs_exist_ok=True)
+            else:
+                build_index(datastore, encoder, tmp, name, factory=self.cfg.index_factory)
 
     def _search(self, k: int, questions: Sequence[Question], depth: int, store: str = "main") -> list[list[int]]:
         from cora.index import DenseIndex
@@ -349,7 +364,18 @@ class Loop:
         if len(examples) < tcfg.batch_size:
             raise CoraError(f"round {k}: {len(examples)} mined examples, fewer than one batch of {tcfg.batch_size}")
         encoder = self._encoder(k - 1)
-        task = RetrieverTask(encoder, examples, tcfg.batch_size, None, self.cfg.temperature, dropout=False)
+        if self.cfg.retriever_tower == "query":
+            from cora.index import DenseIndex
+            from cora.retriever_training import QueryTowerTask
+
+            if encoder.query_model is None:
+                encoder.add_query_adapter(rank=self.cfg.lora_rank)
+            index = DenseIndex.load(self.out / "round_0" / "index")
+            vectors = index.index.reconstruct_n(0, len(index))
+            task = QueryTowerTask(encoder, examples, tcfg.batch_size, self.datastore, vectors, None,
+                                  self.cfg.temperature)
+        else:
+            task = RetrieverTask(encoder, examples, tcfg.batch_size, None, self.cfg.temperature, dropout=False)
         train(task, tcfg)
         with atomic_dir(target) as tmp:
             encoder.save_pretrained(tmp)

@@ -29,6 +29,34 @@ def contrastive_loss_naive(q, p, positive_index, temperature: float = 0.05) -> t
     return torch.stack(losses).mean()
 
 
+def multi_positive_loss(q: torch.Tensor, p: torch.Tensor, positive: torch.Tensor, candidate: torch.Tensor,
+                        temperature: float = 0.05) -> torch.Tensor:
+    """Contrastive loss with several positives per question and a candidate set per question.
+
+    q: [B, D] question vectors; p: [N, D] passage vectors (e.g. a whole cached training datastore);
+    positive: [B, N] bool, the passages that answer question i (e.g. every language version of its gold
+    paragraph); candidate: [B, N] bool, the passages question i is ranked against (all of them, or only those in
+    one language). Every row needs a positive among its candidates. Returns the mean over questions of
+    -log(sum of exp(score) over positive candidates / sum of exp(score) over candidates), score = q . p / t.
+    """
+    scores = q @ p.T / temperature  # [B, N]
+    neg = torch.finfo(scores.dtype).min
+    log_z = torch.logsumexp(scores.masked_fill(~candidate, neg), dim=1)  # [B]
+    log_pos = torch.logsumexp(scores.masked_fill(~(positive & candidate), neg), dim=1)  # [B]
+    return (log_z - log_pos).mean()  # []
+
+
+def multi_positive_loss_naive(q, p, positive, candidate, temperature: float = 0.05) -> torch.Tensor:
+    """Per-question loop of :func:`multi_positive_loss` (reference for tests)."""
+    losses = []
+    for i in range(q.shape[0]):
+        cands = [j for j in range(p.shape[0]) if candidate[i, j]]
+        scores = torch.stack([q[i] @ p[j] / temperature for j in cands])  # [C]
+        pos = torch.stack([scores[c] for c, j in enumerate(cands) if positive[i, j]])  # [P]
+        losses.append(torch.logsumexp(scores, 0) - torch.logsumexp(pos, 0))
+    return torch.stack(losses).mean()
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` [b, D] from every process into [world * b, D], keeping the gradient of the local slice.
 

@@ -22,6 +22,11 @@ from cora.errors import CoraError
 logger = logging.getLogger(__name__)
 
 ENCODER_CONFIG_FILE = "encoder_config.json"
+QUERY_ADAPTER_DIR = "query_adapter"
+# The Linear layers of BERT / XLM-R blocks that a query-tower LoRA adapts (attention and feed-forward).
+LORA_TARGETS = ("query", "key", "value", "dense")
+# Encoders shipped inside the package (folders saved by Encoder.save_pretrained), by name.
+SHIPPED_ENCODERS: dict[str, Path] = {"mdpr-me5-small": Path(__file__).parent / "resources" / "mdpr-me5-small"}
 
 
 def cora_home() -> Path:
@@ -128,9 +133,39 @@ def default_encoder_config(backbone: str) -> EncoderConfig:
     return EncoderConfig(backbone, **HF_CONVENTIONS.get(backbone, {}))
 
 
+def encoder_folder(name_or_path: str) -> Path | None:
+    """The folder of a cora-saved encoder (a shipped name or a path holding encoder_config.json), else None."""
+    if name_or_path in SHIPPED_ENCODERS:
+        folder = SHIPPED_ENCODERS[name_or_path]
+        if not (folder / ENCODER_CONFIG_FILE).exists():
+            raise CoraError(f"shipped encoder {name_or_path!r} is missing from this installation ({folder})")
+        return folder
+    folder = Path(name_or_path).expanduser()
+    return folder if (folder / ENCODER_CONFIG_FILE).exists() else None
+
+
+def passage_tower(name_or_path: str, config: EncoderConfig) -> str:
+    """The weights that encode passages: the backbone for a query-adapter encoder, else the encoder itself.
+    Two encoders whose passage tower and :meth:`EncoderConfig.passage_side` agree can share an index."""
+    name = config.backbone if config.query_adapter else name_or_path
+    folder = encoder_folder(name) or Path(name).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
+def check_shares_passages(index_encoder: str, index_config: EncoderConfig, encoder_name: str,
+                          config: EncoderConfig) -> None:
+    """Raise unless an index built by (index_encoder, index_config) holds the passage vectors that
+    (encoder_name, config) would compute: same passage weights, pooling, prefix, normalisation, length."""
+    a, b = passage_tower(index_encoder, index_config), passage_tower(encoder_name, config)
+    if a != b or index_config.passage_side() != config.passage_side():
+        raise CoraError(f"query encoder {encoder_name!r} encodes passages with {b!r} "
+                        f"{config.passage_side()}, but the index was built with {a!r} {index_config.passage_side()}: "
+                        f"rebuild the index with --encoder {encoder_name}")
+
+
 def encoder_config_for(name_or_path: str) -> EncoderConfig:
     """The saved config of an encoder folder, else the conventions of the registered name / hub id."""
-    folder = Path(name_or_path).expanduser()
+    folder = encoder_folder(name_or_path) or Path(name_or_path).expanduser()
     if (folder / ENCODER_CONFIG_FILE).exists():
         return load_config(EncoderConfig, folder / ENCODER_CONFIG_FILE)
     return default_encoder_config(name_or_path)
@@ -165,25 +200,66 @@ def _load_hf_encoder(path_or_id: str):
 class Encoder:
     """Wraps a Hugging Face encoder: text -> pooled (optionally normalised) vectors."""
 
-    def __init__(self, model, tokenizer, config: EncoderConfig, device: str | None = None):
+    def __init__(self, model, tokenizer, config: EncoderConfig, device: str | None = None, query_model=None):
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        # None: one tower for questions and passages. Else a separate query tower (the backbone plus a LoRA
+        # adapter, see add_query_adapter) sharing the token embeddings with the passage tower.
+        self.query_model = query_model
+        self.source = config.backbone  # the name or folder the passage weights were loaded from
         self.pool = get_pooling(config.pooling)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
+        if query_model is not None:
+            query_model.to(self.device)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | None = None, **overrides) -> Encoder:
-        """Load a registered name, HF id, or a folder saved by :meth:`save_pretrained` (restoring its config)."""
+        """Load a registered name, HF id, shipped encoder, or a folder saved by :meth:`save_pretrained`
+        (restoring its config; a query adapter is loaded onto a separate query tower)."""
         config = replace(encoder_config_for(name_or_path), **overrides)
-        folder = Path(name_or_path).expanduser()
-        source = str(folder) if (folder / ENCODER_CONFIG_FILE).exists() else resolve_backbone(name_or_path)
-        model, tokenizer = _load_hf_encoder(source)
-        return cls(model, tokenizer, config, device)
+        folder = encoder_folder(name_or_path)
+        if folder is not None and config.query_adapter:
+            model, tokenizer = _load_hf_encoder(resolve_backbone(config.backbone))
+            encoder = cls(model, tokenizer, config, device)
+            encoder.query_model = _query_tower(model, folder / config.query_adapter).to(encoder.device)
+            return encoder
+        model, tokenizer = _load_hf_encoder(str(folder) if folder is not None else resolve_backbone(name_or_path))
+        encoder = cls(model, tokenizer, config, device)
+        encoder.source = name_or_path
+        return encoder
+
+    def add_query_adapter(self, rank: int = 16, alpha: float = 32.0) -> None:
+        """Give questions their own tower: a copy of the passage tower (token embeddings shared) with a
+        trainable LoRA adapter of ``rank`` on every attention and feed-forward Linear. The passage tower and
+        the embeddings are frozen, so an index built with this encoder's backbone stays valid after training
+        and training never has to re-encode passages."""
+        import copy
+
+        from peft import LoraConfig, get_peft_model
+
+        if self.query_model is not None:
+            raise CoraError("this encoder already has a query adapter; train that one further instead")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        embeddings = self.model.get_input_embeddings()
+        tower = copy.deepcopy(self.model, {id(embeddings): embeddings})  # shares the 250k-row embedding matrix
+        lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
+        self.query_model = get_peft_model(tower, lora).to(self.device)
+        # From now on the config's backbone names the passage weights (this encoder's own, which may be a
+        # fine-tuned folder rather than the registered backbone it started from).
+        self.config = replace(self.config, backbone=passage_tower(self.source, self.config),
+                              query_adapter=QUERY_ADAPTER_DIR)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """A shared-tower encoder saves its whole model; a query-adapter encoder only the adapter (a few MB),
+        since its passage tower is the unchanged backbone named in the config."""
         folder = Path(folder)
-        self.model.save_pretrained(folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.query_model is not None:
+            self.query_model.save_pretrained(folder / QUERY_ADAPTER_DIR, safe_serialization=True)
+        else:
+            self.model.save_pretrained(folder, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
         save_config(self.config, folder / ENCODER_CONFIG_FILE)
 
     def quantize_int8(self) -> Encoder:
@@ -214,10 +290,15 @@ class Encoder:
             return self.config.passage_prefix, self.config.passage_max_length
         raise ValueError(f"kind must be 'query' or 'passage', not {kind!r}")
 
-    def embed(self, batch: dict) -> torch.Tensor:
+    def tower(self, kind: str):
+        """The model that encodes ``kind`` ('query' or 'passage')."""
+        self._kind(kind)
+        return self.query_model if kind == "query" and self.query_model is not None else self.model
+
+    def embed(self, batch: dict, kind: str = "passage") -> torch.Tensor:
         """Differentiable forward for tokenised inputs -> [B, H] (used by training and by encode)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state  # [B, L, H]
+        hidden = self.tower(kind)(**batch).last_hidden_state  # [B, L, H]
         vectors = self.pool(hidden, batch["attention_mask"])  # [B, H]
         if self.config.normalize:
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
@@ -241,14 +322,14 @@ class Encoder:
         prefix, max_len = self._kind(kind)
         ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_len)["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")[::-1]
-        self.model.eval()
+        self.tower(kind).eval()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
         bar = tqdm(total=len(texts), desc=f"encode {kind}s", unit=kind[0], disable=not show_progress)
         with autocast:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-                out[rows] = self.embed(batch).float().cpu().numpy()
+                out[rows] = self.embed(batch, kind).float().cpu().numpy()
                 bar.update(len(rows))
         bar.close()
         return out
@@ -259,6 +340,20 @@ class Encoder:
     def encode_passages(self, titles: Sequence[str], texts: Sequence[str], batch_size: int = 32, **kw) -> np.ndarray:
         return self.encode([format_passage(a, b) for a, b in zip(titles, texts, strict=True)], "passage",
                            batch_size, **kw)
+
+
+def _query_tower(model, adapter: Path):
+    """A copy of ``model`` (token embeddings shared) with the saved LoRA adapter loaded (kept unmerged, so
+    training can continue it)."""
+    import copy
+
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").exists():
+        raise CoraError(f"{adapter}: query adapter missing (no adapter_config.json)")
+    embeddings = model.get_input_embeddings()
+    tower = copy.deepcopy(model, {id(embeddings): embeddings})
+    return PeftModel.from_pretrained(tower, str(adapter), is_trainable=True)
 
 
 class _nullcontext:

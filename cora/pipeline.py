@@ -11,6 +11,7 @@ from pathlib import Path
 from cora.config import load_config, save_config
 from cora.errors import CoraError
 from cora.languages import check_language, detect_language
+from cora.models import SHIPPED_ENCODERS
 from cora.reader.base import DEFAULT_READER, SHIPPED_READERS, Answer, Reader, load_reader
 from cora.reader.projection import project_answer
 from cora.retriever import Retriever
@@ -26,6 +27,9 @@ class PipelineConfig:
 
     index: str = field(metadata={"help": "index folder (holds the encoder config and the datastore path)"})
     reader: str = field(metadata={"help": "reader folder (extractive or seq2seq) or a shipped reader name"})
+    query_encoder: str | None = field(default=None, metadata={
+        "help": "encoder for questions instead of the index's own (must share its passage tower): a shipped name "
+                "such as mdpr-me5-small, or a folder"})
     k: int = field(default=10, metadata={"help": "passages read per question"})
     max_k: int = field(default=100, metadata={"help": "largest k a caller may ask for"})
     projection: bool = field(default=True, metadata={"help": "project answers through language links"})
@@ -48,7 +52,10 @@ class Pipeline:
         def resolve(p: str) -> Path:
             return Path(p) if Path(p).is_absolute() else folder / p
 
-        retriever = Retriever.from_pretrained(resolve(config.index), device=device)
+        query = config.query_encoder
+        if query is not None and query not in SHIPPED_ENCODERS:
+            query = str(resolve(query))
+        retriever = Retriever.from_pretrained(resolve(config.index), device=device, query_encoder=query)
         reader = config.reader if config.reader in SHIPPED_READERS else resolve(config.reader)
         return cls(retriever, load_reader(reader, device=device), config)
 
@@ -59,7 +66,11 @@ class Pipeline:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         reader = str(reader) if str(reader) in SHIPPED_READERS else str(Path(reader).resolve())
-        save_config(PipelineConfig(str(Path(index).resolve()), reader, **kw), folder / PIPELINE_FILE)
+        query = kw.pop("query_encoder", None)
+        if query is not None and query not in SHIPPED_ENCODERS:
+            query = str(Path(query).resolve())
+        save_config(PipelineConfig(str(Path(index).resolve()), reader, query_encoder=query, **kw),
+                    folder / PIPELINE_FILE)
         return folder
 
     def answer(self, question: str, lang: str | None = None, k: int | None = None) -> Answer:

@@ -13,7 +13,7 @@ from cora.datastore import Datastore
 from cora.errors import CoraError
 from cora.index import DenseIndex
 from cora.languages import detect_language
-from cora.models import Encoder
+from cora.models import Encoder, check_shares_passages
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,13 @@ class Retriever:
     @classmethod
     def from_pretrained(
         cls, index_dir: str | os.PathLike, datastore: str | os.PathLike | Datastore | None = None,
-        device: str | None = None,
+        device: str | None = None, query_encoder: str | None = None,
     ) -> Retriever:
         """Load an index folder, its encoder (with the saved encoder config) and its datastore.
 
         ``datastore`` overrides the path recorded in the index (e.g. after moving it); its fingerprint must match.
+        ``query_encoder`` (a name or folder) encodes the questions instead of the index's encoder; it must share
+        the index's passage tower (e.g. a LoRA query tower trained over the backbone the index was built with).
         """
         index = DenseIndex.load(index_dir)
         cfg = index.config
@@ -62,8 +64,12 @@ class Retriever:
                                 "location with --datastore")
             datastore = cfg.datastore
         ds = datastore if isinstance(datastore, Datastore) else Datastore(datastore)
-        encoder = Encoder.from_pretrained(cfg.encoder, device=device)
         saved = EncoderConfig(**cfg.encoder_config)
+        if query_encoder is not None:
+            encoder = Encoder.from_pretrained(query_encoder, device=device)
+            check_shares_passages(cfg.encoder, saved, query_encoder, encoder.config)
+            return cls(encoder, index, ds)
+        encoder = Encoder.from_pretrained(cfg.encoder, device=device)
         if encoder.config != saved:
             # The index was built with explicit overrides: search must use the same prefixes/pooling.
             encoder = Encoder(encoder.model, encoder.tokenizer, saved, device)

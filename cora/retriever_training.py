@@ -26,7 +26,7 @@ import torch
 
 from cora.datastore import Datastore, Passage
 from cora.errors import DataFormatError
-from cora.losses import contrastive_loss, gather_with_grad
+from cora.losses import contrastive_loss, gather_with_grad, multi_positive_loss
 from cora.models import Encoder, format_passage
 from cora.questions import Question
 
@@ -182,8 +182,9 @@ class RetrieverTask:
 
     def loss(self, batch: RetrieverBatch) -> torch.Tensor:
         enc = self.encoder
-        q = enc.embed(enc.tokenize(batch.questions, "query"))  # [B, D]
-        p = enc.embed(enc.tokenize([format_passage(c.title, c.text) for c in batch.passages], "passage"))  # [2B, D]
+        q = enc.embed(enc.tokenize(batch.questions, "query"), "query")  # [B, D]
+        p = enc.embed(enc.tokenize([format_passage(c.title, c.text) for c in batch.passages], "passage"),
+                      "passage")  # [2B, D]
         p_all = gather_with_grad(p)  # [world * 2B, D]
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         target = torch.arange(len(batch), device=q.device) + rank * p.shape[0]  # [B]
@@ -194,15 +195,8 @@ class RetrieverTask:
         """Recall@1/5 of the gold group on the dev questions against the dev datastore (exact search)."""
         if self.dev is None:
             return {"metric": 0.0}
-        questions, ds = self.dev
-        passages = list(ds)
-        P = self.encoder.encode_passages([p.title for p in passages], [p.text for p in passages])
-        Q = self.encoder.encode_queries([q.question for q in questions])
-        top = np.argsort(-(Q @ P.T), axis=1)[:, :5]
-        r1 = float(np.mean([passages[t[0]].group == q.gold_group for q, t in zip(questions, top, strict=True)]))
-        r5 = float(np.mean([q.gold_group in {passages[j].group for j in t} for q, t in zip(questions, top,
-                                                                                           strict=True)]))
-        return {"metric": r1, "R@1": r1, "R@5": r5}
+        out = dev_recall(self.encoder, *self.dev)
+        return {"metric": out["R@1"], **out}
 
     def parameters(self):
         return self.encoder.model.parameters()
@@ -218,3 +212,147 @@ class RetrieverTask:
 
         state = load_file(str(Path(folder) / "model.safetensors"))
         self.encoder.model.load_state_dict(state, strict=False)
+
+
+def dev_recall(encoder: Encoder, questions: Sequence[Question], datastore: Datastore,
+               passage_vectors: np.ndarray | None = None, pivot_lang: str | None = None) -> dict[str, float]:
+    """Recall@1/5 of the gold group, exact search over ``datastore`` (and, with ``pivot_lang``, over its passages
+    in that language only: the XOR-like setting). ``passage_vectors`` skips re-encoding a frozen passage tower."""
+    passages = list(datastore)
+    P = passage_vectors if passage_vectors is not None else encoder.encode_passages(
+        [p.title for p in passages], [p.text for p in passages])
+    Q = encoder.encode_queries([q.question for q in questions])
+    groups = np.array([p.group for p in passages], dtype=object)
+    out = {}
+    pools = {"": np.arange(len(passages))}
+    if pivot_lang:
+        pools[f" {pivot_lang}"] = np.array([i for i, p in enumerate(passages) if p.lang == pivot_lang])
+    for name, rows in pools.items():
+        if not len(rows):
+            continue
+        top = rows[np.argsort(-(Q @ P[rows].T), axis=1)[:, :5]]  # [Q, 5] datastore rows
+        hit = groups[top] == np.array([q.gold_group for q in questions], dtype=object)[:, None]  # [Q, 5]
+        out[f"R@1{name}"] = float(hit[:, 0].mean())
+        out[f"R@5{name}"] = float(hit.any(1).mean())
+    return out
+
+
+class QueryTowerTask:
+    """Asymmetric mDPR: only a LoRA query tower is trained (see :meth:`Encoder.add_query_adapter`).
+
+    Passages keep the frozen backbone's vectors, computed once for the whole training ``datastore``; so every
+    passage of it is a negative for every question (a full softmax over N cached vectors, instead of a batch's
+    handful), and nothing is re-encoded during training, at dev evaluation or in the index afterwards. Each
+    question gets two terms, averaged: its positives (every ``positive_ctxs`` row: the gold paragraph and its
+    language-linked versions) against all N passages, and its positive in one *pivot* language, drawn from the
+    languages of its positives other than its own (its own when there is none), against the passages of that
+    language only: the cross-lingual case that CORA's language links exist for.
+    """
+
+    def __init__(self, encoder: Encoder, examples: Sequence[DPRExample], batch_size: int, datastore: Datastore,
+                 passage_vectors: np.ndarray, dev: tuple[Sequence[Question], Datastore] | None = None,
+                 temperature: float = 0.05, dev_pivot: str | None = "en", dev_vectors: np.ndarray | None = None):
+        if encoder.query_model is None:
+            raise ValueError("QueryTowerTask needs an encoder with a query adapter (Encoder.add_query_adapter)")
+        if passage_vectors.shape != (len(datastore), encoder.dim):
+            raise ValueError(f"passage_vectors {passage_vectors.shape} do not match the datastore "
+                             f"({len(datastore)} x {encoder.dim})")
+        self.encoder, self.batch_size, self.temperature = encoder, batch_size, temperature
+        self.P = torch.from_numpy(np.ascontiguousarray(passage_vectors, dtype=np.float32))  # [N, D]
+        self.langs = list(datastore.dataset["lang"])
+        lang_ids = {lang: i for i, lang in enumerate(sorted(set(self.langs)))}
+        self.lang_of = torch.tensor([lang_ids[x] for x in self.langs])  # [N]
+        self.lang_ids = lang_ids
+        self.items: list[tuple[str, str, list[int]]] = []  # (question, lang, positive rows)
+        unknown = 0
+        for ex in examples:
+            rows = []
+            for c in ex.positive_ctxs:
+                try:
+                    rows.append(datastore.row_of(c.passage_id))
+                except KeyError:
+                    unknown += 1
+            if rows:
+                self.items.append((ex.question, ex.lang, sorted(set(rows))))
+        if unknown:
+            logger.warning("dropped %d positives whose passage is not in the training datastore", unknown)
+        if len(self.items) < batch_size:
+            raise ValueError(f"{len(self.items)} usable examples, fewer than one batch of {batch_size}")
+        self.dev, self.dev_pivot = dev, dev_pivot
+        self.dev_vectors = dev_vectors
+        if dev is not None and dev_vectors is None:
+            ds = dev[1]
+            self.dev_vectors = encoder.encode_passages(list(ds.dataset["title"]), list(ds.dataset["text"]))
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self.items) // self.batch_size
+
+    def batches(self, epoch: int, rng: random.Random) -> Iterator[list[tuple[str, list[int], str]]]:
+        """(question, positive rows, pivot language) triples; a pure function of the rng (exact resume)."""
+        order = list(range(len(self.items)))
+        rng.shuffle(order)
+        for b in range(self.num_batches(epoch)):
+            batch = []
+            for i in order[b * self.batch_size : (b + 1) * self.batch_size]:
+                question, lang, rows = self.items[i]
+                others = sorted({self.langs[r] for r in rows} - {lang})
+                batch.append((question, rows, rng.choice(others) if others else lang))
+            yield batch
+
+    def loss(self, batch) -> torch.Tensor:
+        enc = self.encoder
+        q = enc.embed(enc.tokenize([question for question, _, _ in batch], "query"), "query")  # [B, D]
+        B, N = len(batch), self.P.shape[0]
+        positive = torch.zeros(B, N, dtype=torch.bool)  # [B, N]
+        for i, (_, rows, _) in enumerate(batch):
+            positive[i, rows] = True
+        pivot = torch.tensor([self.lang_ids[lang] for _, _, lang in batch])  # [B]
+        in_pivot = self.lang_of.unsqueeze(0) == pivot.unsqueeze(1)  # [B, N]
+        everything = torch.ones(B, N, dtype=torch.bool)  # [B, N]
+        P = self.P.to(q.device)
+        return 0.5 * (multi_positive_loss(q, P, positive, everything, self.temperature)
+                      + multi_positive_loss(q, P, positive, in_pivot, self.temperature))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Dev recall@1/5 on the dev datastore and on its pivot-language passages; the metric is the mean of
+        the two recall@1 (a fine-tune that trades one setting for the other does not count as progress)."""
+        if self.dev is None:
+            return {"metric": 0.0}
+        questions, ds = self.dev
+        out = dev_recall(self.encoder, questions, ds, self.dev_vectors, self.dev_pivot)
+        pivot = f"R@1 {self.dev_pivot}"
+        out["metric"] = (out["R@1"] + out[pivot]) / 2 if pivot in out else out["R@1"]
+        return out
+
+    def parameters(self):
+        return self.encoder.query_model.parameters()
+
+    def module(self) -> torch.nn.Module:
+        return self.encoder.query_model
+
+    def save(self, folder: Path) -> None:
+        self.encoder.save_pretrained(folder)
+
+    def load_weights(self, folder: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from cora.models import QUERY_ADAPTER_DIR
+
+        state = load_file(str(Path(folder) / QUERY_ADAPTER_DIR / "adapter_model.safetensors"))
+        set_peft_model_state_dict(self.encoder.query_model, state)
+
+
+def passage_vectors(encoder: Encoder, datastore: Datastore, cache: str | os.PathLike) -> np.ndarray:
+    """The passage tower's vectors of every datastore row, encoded once into a (resumable) Flat index at
+    ``cache`` and read back from it."""
+    from cora.index import DenseIndex, build_index
+
+    cache = Path(cache)
+    if (cache / "index.faiss").exists():
+        index = DenseIndex.load(cache)
+        index.check_datastore(datastore)
+    else:
+        index = build_index(datastore, encoder, cache, encoder.config.backbone, factory="Flat")
+    return index.index.reconstruct_n(0, len(index))

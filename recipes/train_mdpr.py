@@ -9,7 +9,15 @@
 4. `cora train retriever` with recipes/mdpr_me5_small.json; the best checkpoint is runs/mdpr/run/best.
 5. Compare: python recipes/xquad_retrieval.py --encoder runs/mdpr/run/best --out runs/xquad-mdpr
 
-    python recipes/train_mdpr.py --out runs/mdpr [--config recipes/mdpr_me5_small.json] [--limit-per-source N]
+The default config trains a LoRA query tower over frozen me5-small passages (``--tower query``, see
+``cora train retriever --help``): every training paragraph is encoded once, and the zero-shot index of
+recipes/xquad_retrieval.py serves the result unchanged (``--query-encoder runs/mdpr/run/best`` there). With it,
+no BM25 negatives are mined (every training paragraph is a negative) and each source is capped at
+``--max-paragraphs-per-source`` paragraphs (with all their questions) to bound the one-off encoding on a CPU.
+``--config recipes/mdpr_me5_small.json`` is the classic shared-tower DPR fine-tune (BM25 hard negatives), which
+needs a GPU to run at full size.
+
+    python recipes/train_mdpr.py --out runs/mdpr [--config recipes/mdpr_me5_small_query.json] [--limit-per-source N]
 """
 
 from __future__ import annotations
@@ -47,8 +55,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--out", default="runs/mdpr")
-    ap.add_argument("--config", default=str(Path(__file__).with_name("mdpr_me5_small.json")))
+    ap.add_argument("--config", default=str(Path(__file__).with_name("mdpr_me5_small_query.json")))
     ap.add_argument("--limit-per-source", type=int, help="at most N questions per source file (smoke runs)")
+    ap.add_argument("--max-paragraphs-per-source", type=int, default=1000,
+                    help="at most N paragraphs (and their questions) per source; XQuAD is never capped (1000)")
     ap.add_argument("--dev-per-lang", type=int, default=40, help="dev questions per XQuAD language (default 40)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed on to 'cora train retriever'")
     args = ap.parse_args(argv)
@@ -56,20 +66,24 @@ def main(argv=None) -> int:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    tower = json.loads(Path(args.config).read_text(encoding="utf-8")).get("tower", "shared")
     files = sources(data)
+    keep = kept_paragraphs(files, args.max_paragraphs_per_source if tower == "query" else None)
     train_ds_dir = out / "train-datastore"
     if not train_ds_dir.exists():
-        Datastore.build(itertools.chain.from_iterable(
-            read_squad(p, lang, keep_titles=(p.parent.name != "xquad"), articles=arts) for p, lang, arts in files),
-            train_ds_dir)
+        Datastore.build((item for p, lang, arts in files
+                         for item in read_squad(p, lang, keep_titles=(p.parent.name != "xquad"), articles=arts)
+                         if keep is None or item[1].id in keep), train_ds_dir)
     train_ds = Datastore(train_ds_dir)
     if not (out / "train.json").exists():
         questions = []
         for p, lang, arts in files:
-            qs = [q for q in read_squad_questions(p, lang, arts) if q.answers]
+            qs = [q for q in read_squad_questions(p, lang, arts)
+                  if q.answers and (keep is None or q.gold_passage in keep)]
             questions += qs[: args.limit_per_source] if args.limit_per_source else qs
         assert all(q.article < 32 for q in questions if "xquad" in q.gold_passage), "dev article leaked"
-        examples = build_examples(questions, train_ds, BM25Index(train_ds), hard_negatives=3)
+        bm25 = BM25Index(train_ds) if tower == "shared" else None  # query tower: every paragraph is a negative
+        examples = build_examples(questions, train_ds, bm25, hard_negatives=3)
         write_examples(examples, out / "train.json")
         logging.info("%d training examples from %d questions", len(examples), len(questions))
 
@@ -89,7 +103,22 @@ def main(argv=None) -> int:
     extra = [a for a in args.extra if a != "--"]
     return cora_main(["train", "retriever", "--config", args.config, "--train-data", str(out / "train.json"),
                       "--output-dir", str(out / "run"), "--dev-questions", str(out / "dev.jsonl"),
-                      "--dev-datastore", str(dev_ds_dir), *extra])
+                      "--dev-datastore", str(dev_ds_dir), "--datastore", str(train_ds_dir), *extra])
+
+
+def kept_paragraphs(files, cap: int | None) -> set[str] | None:
+    """Passage ids kept under a per-source cap (a seeded sample per source; XQuAD uncapped); None = all."""
+    if cap is None:
+        return None
+    keep: set[str] = set()
+    by_source: dict[str, list[str]] = {}
+    for p, lang, arts in files:
+        source = p.parent.name if p.parent.name in ("jaquad",) else p.name
+        by_source.setdefault(source, []).extend(passage.id for _, passage in read_squad(p, lang, articles=arts))
+    rng = random.Random(0)
+    for source, ids in sorted(by_source.items()):
+        keep.update(ids if source.startswith("xquad.") or len(ids) <= cap else rng.sample(ids, cap))
+    return keep
 
 
 if __name__ == "__main__":

@@ -10,7 +10,12 @@ language-aware tokens), the dense encoder, and their reciprocal-rank fusion (top
 XQuAD titles are English in every language file, so they are dropped (a Thai passage titled 'Super Bowl 50'
 would leak English into every language).
 
+With ``--query-encoder`` (repeatable) each named query tower (e.g. the LoRA mDPR of recipes/train_mdpr.py, or the
+shipped ``mdpr-me5-small``) is searched against the same index, which it shares with --encoder, and gets its own
+dense and hybrid rows.
+
     python recipes/xquad_retrieval.py --out runs/xquad-retrieval [--encoder me5-small] [--data ../shared/data]
+        [--query-encoder runs/mdpr/run/best]
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", default="me5-small", help="encoder name or folder (default me5-small)")
     ap.add_argument("--out", default="runs/xquad-retrieval", help="output folder")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--query-encoder", action="append", default=[],
+                    help="also search the index with this query tower (repeatable)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -75,9 +82,16 @@ def main(argv=None) -> int:
         rankings = {
             "BM25": [list(r) for r in bm25_rows],
             f"dense ({args.encoder})": dense_rows,
-            "hybrid (RRF of both)": [reciprocal_rank_fusion([d, list(b)]) for d, b in zip(dense_rows, bm25_rows,
-                                                                                           strict=True)],
+            "hybrid (RRF of both)": hybrid(dense_rows, bm25_rows),
         }
+        for name in args.query_encoder:
+            tower = Retriever.from_pretrained(idx_dir, datastore=ds, query_encoder=name)
+            t0 = time.time()
+            rows = [[h.row for h in hs] for hs in tower.search_batch([q.question for q in questions],
+                                                                     k=FUSION_DEPTH)]
+            results.setdefault("query_seconds", {})[f"{setting} {name}"] = round(time.time() - t0, 1)
+            rankings[f"dense ({name})"] = rows
+            rankings[f"hybrid ({name} + BM25)"] = hybrid(rows, bm25_rows)
         group = ds.dataset["group"]
         tables = {name: recall_at_k([RankedResult(q.lang, [group[r] for r in ranked[: max(KS)]],
                                                   frozenset({q.gold_group}))
@@ -90,6 +104,10 @@ def main(argv=None) -> int:
             print(f"\n{name}\n{format_table(table)}")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+def hybrid(dense_rows, bm25_rows) -> list[list[int]]:
+    return [reciprocal_rank_fusion([d, list(b)]) for d, b in zip(dense_rows, bm25_rows, strict=True)]
 
 
 def format_table(table: dict) -> str:

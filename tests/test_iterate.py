@@ -216,3 +216,34 @@ def test_bad_configs_are_refused(loop_config, tmp_path):
     (tmp_path / "nogroup.jsonl").write_text('{"id": "a", "question": "where", "lang": "en", "answers": ["x"]}\n')
     with pytest.raises(CoraError, match="gold_group"):
         Loop(IterateConfig(**{**loop_config, "dev_questions": str(tmp_path / "nogroup.jsonl")}))
+
+
+def test_query_tower_rounds_train_an_adapter_and_never_re_encode(loop_config, tmp_path, monkeypatch):
+    import numpy as np
+
+    from cora.index import DenseIndex, build_index
+    from cora.models import QUERY_ADAPTER_DIR, Encoder
+
+    cfg = IterateConfig(**{**loop_config, "retriever_tower": "query", "lora_rank": 4,
+                           "retriever_train": {**loop_config["retriever_train"], "lr": 1e-2}})
+    builds = []
+    real_build = build_index
+    monkeypatch.setattr("cora.index.build_index", lambda *a, **k: (builds.append(a[3]), real_build(*a, **k))[1])
+    Loop(cfg).run()
+    run = tmp_path / "run"
+    assert len(builds) == 2  # round 0's main and English indexes; rounds 1 and 2 reuse their vectors
+    for k in (1, 2):
+        folder = run / f"round_{k}" / "retriever"
+        assert (folder / QUERY_ADAPTER_DIR / "adapter_model.safetensors").exists()
+        assert not (folder / "model.safetensors").exists()
+        for name in ("index", "eval_index_en"):
+            a, b = (DenseIndex.load(run / f"round_{r}" / name) for r in (0, k))
+            np.testing.assert_array_equal(a.index.reconstruct_n(0, len(a)), b.index.reconstruct_n(0, len(b)))
+    # Round 2 continued round 1's adapter (not a fresh one), and the adapter moved the question vectors.
+    r1, r2 = (Encoder.from_pretrained(str(run / f"round_{k}" / "retriever"), device="cpu") for k in (1, 2))
+    plain = Encoder.from_pretrained(loop_config["encoder"], device="cpu")
+    q = ["where is the nile river"]
+    assert not np.allclose(r1.encode_queries(q), plain.encode_queries(q))
+    assert not np.allclose(r2.encode_queries(q), r1.encode_queries(q))
+    with pytest.raises(CoraError, match="retriever_tower"):
+        IterateConfig(**{**loop_config, "retriever_tower": "both"})

@@ -233,6 +233,33 @@ def test_pipeline_save_load_round_trip_and_cli(tiny_reader, datastore, tiny_enco
     assert detail["id"] == "a" and detail["evidence"][0]["passage_id"] == answer.evidence[0].passage_id
 
 
+def test_pipeline_with_a_query_encoder_over_the_backbone_index(tiny_reader, datastore, tiny_encoder,
+                                                              tiny_encoder_dir, tmp_path):
+    import numpy as np
+
+    from cora.index import build_index
+    from cora.models import Encoder
+    from cora.pipeline import Pipeline
+
+    build_index(datastore, tiny_encoder, tmp_path / "index", str(tiny_encoder_dir), factory="Flat",
+                show_progress=False)
+    query = Encoder.from_pretrained(str(tiny_encoder_dir), device="cpu")
+    query.add_query_adapter(rank=2)
+    with torch.no_grad():  # a trained adapter, in effect: LoRA's B starts at zero, so move it
+        for name, param in query.query_model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)
+    query.save_pretrained(tmp_path / "query")
+    tiny_reader.save_pretrained(tmp_path / "reader")
+    Pipeline.create(tmp_path / "pipe", tmp_path / "index", tmp_path / "reader", k=3,
+                    query_encoder=str(tmp_path / "query"))
+    pipe = Pipeline.from_pretrained(tmp_path / "pipe", device="cpu")
+    got = pipe.retriever.encoder.encode_queries(["tee"])
+    np.testing.assert_allclose(got, query.encode_queries(["tee"]), atol=1e-6)
+    assert not np.allclose(got, tiny_encoder.encode_queries(["tee"]))
+    assert pipe.answer("der mond umkreist die erde", lang="de").text
+
+
 def test_reader_examples_cross_lingual_pairs_and_dev_split(tmp_path):
     import json
 

@@ -18,6 +18,9 @@ def register(sub) -> None:
     c.add_argument("--reader", default="me5-small-reader",
                    help="reader folder (extractive or seq2seq), or the shipped offline reader 'me5-small-reader' "
                         "(the default)")
+    c.add_argument("--query-encoder",
+                   help="encode questions with this encoder instead of the index's own: a query tower that shares "
+                        "the index's passage tower, e.g. the shipped 'mdpr-me5-small' over a me5-small index")
     c.add_argument("--out", required=True, help="pipeline folder")
     c.add_argument("--k", type=int, default=10, help="passages read per question (default 10)")
     c.add_argument("--no-projection", action="store_true", help="do not project answers through language links")
@@ -40,7 +43,8 @@ def register(sub) -> None:
 def _create(args) -> int:
     from cora.pipeline import Pipeline
 
-    Pipeline.create(args.out, args.index, args.reader, k=args.k, projection=not args.no_projection)
+    Pipeline.create(args.out, args.index, args.reader, k=args.k, projection=not args.no_projection,
+                    query_encoder=args.query_encoder)
     print(f"pipeline written to {args.out}")
     return 0
 

@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=10, help="passages per question (default 10)")
     p.add_argument("--out", required=True, help="hits JSONL to write")
     p.add_argument("--datastore", help="datastore folder, if it moved since the index was built")
+    p.add_argument("--query-encoder",
+                   help="encode questions with this encoder instead of the index's own; it must share the index's "
+                        "passage tower (e.g. 'mdpr-me5-small', a LoRA query tower, over a me5-small index)")
     p.add_argument("--no-text", action="store_true", help="omit passage text from the output")
     p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(func=_retrieve)
@@ -35,7 +38,8 @@ def _retrieve(args) -> int:
     if args.k < 1:
         raise CoraError(f"--k must be at least 1, got {args.k}")
     questions = read_questions(args.questions)
-    retriever = Retriever.from_pretrained(args.index, datastore=args.datastore, device=args.device)
+    retriever = Retriever.from_pretrained(args.index, datastore=args.datastore, device=args.device,
+                                          query_encoder=args.query_encoder)
     hits = retriever.search_batch([q.question for q in questions], k=args.k)
     lines = []
     for q, hs in zip(questions, hits, strict=True):

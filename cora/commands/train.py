@@ -9,7 +9,8 @@ from pathlib import Path
 from cora.errors import CoraError
 from cora.training import TrainConfig
 
-RETRIEVER_DEFAULTS = {"encoder": "me5-small", "temperature": 0.05, "native_positive_rate": 0.5,
+RETRIEVER_DEFAULTS = {"encoder": "me5-small", "tower": "shared", "lora_rank": 16, "dev_pivot": "en",
+                      "temperature": 0.05, "native_positive_rate": 0.5,
                       "freeze_embeddings": True, "dropout": True, "dev_questions": None, "dev_datastore": None, "datastore": None}
 
 
@@ -33,7 +34,16 @@ def register(sub) -> None:
     r.add_argument("--train-data", help="DPR-format JSON training file")
     r.add_argument("--output-dir", help="run folder")
     r.add_argument("--encoder", help="starting encoder (default me5-small)")
-    r.add_argument("--datastore", help="drop positives whose ids are not in this datastore (counted)")
+    r.add_argument("--tower", choices=["shared", "query"],
+                   help="'shared' (default): one encoder for questions and passages, all of it trained, as in "
+                        "DPR/CORA. 'query': only a LoRA adapter on a separate query tower is trained; passages "
+                        "keep the backbone's vectors (computed once from --datastore, every one of them a "
+                        "negative), so existing indexes of the backbone stay valid and nothing is re-encoded")
+    r.add_argument("--lora-rank", type=int, help="rank of the query tower's LoRA adapter (--tower query; 16)")
+    r.add_argument("--dev-pivot", help="--tower query: also report dev recall against this language's passages "
+                                       "only, and select on the mean of both recall@1 (default en; 'none' off)")
+    r.add_argument("--datastore", help="drop positives whose ids are not in this datastore (counted); with "
+                                       "--tower query, the passages every question is ranked against")
     r.add_argument("--dev-questions", help="dev questions JSONL with gold_group")
     r.add_argument("--dev-datastore", help="datastore the dev questions are searched in")
     r.add_argument("--temperature", type=float, help="softmax temperature (default 0.05)")
@@ -62,6 +72,8 @@ def register(sub) -> None:
     d.add_argument("--data-root", help="shared data folder (holds xquad/, tydiqa-goldp/, ...)")
     d.add_argument("--output-dir", help="run folder")
     d.add_argument("--backbone", help="encoder to put the span head on (default me5-small)")
+    d.add_argument("--init-from", help="continue from a trained reader (a folder or a shipped name) instead of a new "
+                                       "head on --backbone; its backbone and trained layers are kept")
     d.add_argument("--trainable-layers", type=int, help="train only the top N encoder layers (default: all)")
     d.add_argument("--max-length", type=int, help="question + passage tokens per input (default 384)")
     d.add_argument("--cross-lingual", type=int, help="XQuAD cross-lingual pairs to add (default 6000)")
@@ -127,14 +139,44 @@ def _train_retriever(args) -> int:
         dev = ([Question(str(r["id"]), r["question"], r.get("lang"), r.get("answers", []), None, r["gold_group"])
                 for r in rows], Datastore(opts["dev_datastore"]))
     encoder = Encoder.from_pretrained(opts["encoder"], device=opts.get("device"))
-    task = RetrieverTask(encoder, examples, train_cfg.batch_size, dev, opts["temperature"],
-                         opts["native_positive_rate"], opts["freeze_embeddings"], opts["dropout"])
+    if opts["tower"] == "query":
+        task = _query_tower_task(opts, encoder, examples, ds, dev, train_cfg)
+    elif opts["tower"] == "shared":
+        task = RetrieverTask(encoder, examples, train_cfg.batch_size, dev, opts["temperature"],
+                             opts["native_positive_rate"], opts["freeze_embeddings"], opts["dropout"])
+    else:
+        raise CoraError(f"--tower must be 'shared' or 'query', not {opts['tower']!r}")
     result = train(task, train_cfg)
     print(json.dumps(result, indent=2))
     return 0
 
 
-READER_DEFAULTS = {"backbone": "me5-small", "trainable_layers": None, "max_length": 384, "cross_lingual": 6000,
+def _query_tower_task(opts: dict, encoder, examples, datastore, dev, train_cfg):
+    import torch
+
+    from cora.retriever_training import QueryTowerTask, passage_vectors
+
+    if datastore is None:
+        raise CoraError("--tower query needs --datastore: the passages (holding every positive) that questions are "
+                        "ranked against")
+    if encoder.query_model is None:
+        encoder.add_query_adapter(rank=opts["lora_rank"])
+    if not opts["dropout"]:
+        for m in encoder.query_model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    run = Path(train_cfg.output_dir)
+    vectors = passage_vectors(encoder, datastore, run / "passage_index")
+    dev_vectors = passage_vectors(encoder, dev[1], run / "dev_passage_index") if dev else None
+    pivot = None if str(opts["dev_pivot"]).lower() in ("none", "") else opts["dev_pivot"]
+    try:
+        return QueryTowerTask(encoder, examples, train_cfg.batch_size, datastore, vectors, dev, opts["temperature"],
+                              pivot, dev_vectors)
+    except ValueError as err:
+        raise CoraError(str(err)) from None
+
+
+READER_DEFAULTS = {"backbone": "me5-small", "init_from": None, "trainable_layers": None, "max_length": 384, "cross_lingual": 6000,
                    "negative_rate": 0.3, "dev_per_lang": 25, "dropout": False, "data_root": None}
 
 
@@ -149,13 +191,33 @@ def _train_reader(args) -> int:
     Path(train_cfg.output_dir).mkdir(parents=True, exist_ok=True)
     mixture = reader_mixture(opts["data_root"], cross_lingual=opts["cross_lingual"], seed=train_cfg.seed)
     opts["mixture"] = mixture.counts
-    atomic_write_json(Path(train_cfg.output_dir) / "reader_train_config.json", opts)
     print(f"training examples: {len(mixture.train)} " + json.dumps(mixture.counts))
     dev = xquad_dev_examples(opts["data_root"], opts["dev_per_lang"]) if opts["dev_per_lang"] else None
-    reader = ExtractiveReader.from_backbone(opts["backbone"], device=opts.get("device"),
-                                            trainable_layers=opts["trainable_layers"], max_length=opts["max_length"])
+    if opts["init_from"]:
+        reader = _reader_to_continue(opts)
+    else:
+        reader = ExtractiveReader.from_backbone(opts["backbone"], device=opts.get("device"),
+                                                trainable_layers=opts["trainable_layers"],
+                                                max_length=opts["max_length"])
+    atomic_write_json(Path(train_cfg.output_dir) / "reader_train_config.json", opts)
     task = ReaderTask(reader, mixture.train, train_cfg.batch_size, mixture.negatives, opts["negative_rate"], dev,
                       dropout=opts["dropout"])
     result = train(task, train_cfg)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _reader_to_continue(opts: dict):
+    """The reader named by --init-from, set up to train at this run's input length (a staged recipe)."""
+    from cora.reader import load_reader
+    from cora.reader.extractive import ExtractiveReader
+
+    reader = load_reader(opts["init_from"], device=opts.get("device"))
+    if not isinstance(reader, ExtractiveReader):
+        raise CoraError(f"--init-from {opts['init_from']}: not an extractive reader")
+    if opts["trainable_layers"] not in (None, reader.config.trainable_layers):
+        raise CoraError(f"--init-from {opts['init_from']} trained {reader.config.trainable_layers} layers; "
+                        f"--trainable-layers {opts['trainable_layers']} would change what is saved")
+    opts["backbone"], opts["trainable_layers"] = reader.config.model, reader.config.trainable_layers
+    reader.config.max_length = opts["max_length"]
+    return reader

@@ -1,0 +1,171 @@
+"""Asymmetric mDPR: the multi-positive loss vs a naive loop, the LoRA query tower (a no-op before training, the
+passage tower untouched by training), save/load, resume, and sharing an index built with the backbone."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cora.errors import CoraError
+from cora.losses import multi_positive_loss, multi_positive_loss_naive
+from cora.models import QUERY_ADAPTER_DIR, Encoder
+from cora.questions import Question
+from cora.retriever_training import Ctx, DPRExample, QueryTowerTask, passage_vectors, write_examples
+from cora.training import TrainConfig, train
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multi_positive_loss_and_gradients_match_naive(seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(3, 8, generator=g, requires_grad=True)
+    p = torch.randn(6, 8, generator=g, requires_grad=True)
+    positive = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 0]], dtype=torch.bool)
+    candidate = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 1], [1, 0, 0, 1, 1, 0]], dtype=torch.bool)
+    fast = multi_positive_loss(q, p, positive, candidate, 0.1)
+    slow = multi_positive_loss_naive(q, p, positive, candidate, 0.1)
+    assert fast.item() == pytest.approx(slow.item(), abs=1e-5)
+    for a, b in zip(torch.autograd.grad(fast, (q, p)), torch.autograd.grad(slow, (q, p)), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_one_positive_over_all_candidates_is_the_dpr_loss():
+    from cora.losses import contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    q, p = torch.randn(4, 8, generator=g), torch.randn(8, 8, generator=g)
+    target = torch.tensor([0, 3, 5, 7])
+    positive = torch.nn.functional.one_hot(target, 8).bool()
+    got = multi_positive_loss(q, p, positive, torch.ones(4, 8, dtype=torch.bool), 0.05)
+    assert got.item() == pytest.approx(contrastive_loss(q, p, target, 0.05).item(), abs=1e-5)
+
+
+def _encoder(tiny_encoder_dir, adapter: bool = True) -> Encoder:
+    torch.manual_seed(0)
+    enc = Encoder.from_pretrained(str(tiny_encoder_dir), device="cpu")
+    if adapter:
+        enc.add_query_adapter(rank=4)
+    return enc
+
+
+QUESTIONS = {"moon": "der mond umkreist die erde", "nile": "der nil ist ein fluss in afrika",
+             "tea": "tee ist ein getränk aus blättern"}
+
+
+def _examples(datastore) -> list[DPRExample]:
+    out = []
+    for group, question in QUESTIONS.items():
+        ctxs = [Ctx(p.id, p.title, p.text) for p in datastore.rows(datastore.group_rows(group))]
+        out += [DPRExample(question, [], "de", ctxs)] * 2
+    return out
+
+
+def _task(tiny_encoder_dir, datastore, tmp_path, name="cache") -> QueryTowerTask:
+    enc = _encoder(tiny_encoder_dir)
+    vectors = passage_vectors(enc, datastore, tmp_path / name)
+    dev = [Question(f"d{g}", q, "de", [], None, g) for g, q in QUESTIONS.items()]
+    return QueryTowerTask(enc, _examples(datastore), 2, datastore, vectors, (dev, datastore), temperature=0.1,
+                          dev_pivot="en", dev_vectors=vectors)
+
+
+def test_a_new_adapter_changes_nothing_and_training_changes_only_questions(tiny_encoder_dir, datastore, tmp_path):
+    plain = _encoder(tiny_encoder_dir, adapter=False)
+    task = _task(tiny_encoder_dir, datastore, tmp_path)
+    texts = [p.text for p in datastore]
+    # LoRA's B matrices start at zero: before training both towers are the backbone, bit for bit.
+    np.testing.assert_array_equal(task.encoder.encode_queries(list(QUESTIONS.values())),
+                                  plain.encode_queries(list(QUESTIONS.values())))
+    passages_before = task.encoder.encode(texts, "passage")
+    batch = next(task.batches(0, random.Random(0)))
+    before = task.loss(batch).item()
+    train(task, TrainConfig(str(tmp_path / "run"), epochs=20, batch_size=2, lr=1e-2, warmup_ratio=0.0,
+                            eval_every=30, save_every=30, log_every=10))
+    after = task.loss(batch).item()
+    assert after < 0.7 * before  # measured: 1.041 -> 0.594 (seeded)
+    np.testing.assert_array_equal(task.encoder.encode(texts, "passage"), passages_before)
+    np.testing.assert_array_equal(passages_before, plain.encode(texts, "passage"))
+    assert not np.allclose(task.encoder.encode_queries(["tee"]), plain.encode_queries(["tee"]))
+    metrics = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
+    assert {"R@1", "R@5", "R@1 en", "R@5 en", "metric"} <= set(metrics)
+    assert metrics["metric"] == pytest.approx((metrics["R@1"] + metrics["R@1 en"]) / 2)
+
+
+def test_saved_query_encoder_is_the_adapter_only_and_reloads_exactly(tiny_encoder_dir, datastore, tmp_path):
+    task = _task(tiny_encoder_dir, datastore, tmp_path)
+    train(task, TrainConfig(str(tmp_path / "run"), epochs=2, batch_size=2, lr=1e-2, warmup_ratio=0.0,
+                            eval_every=100, save_every=100, log_every=100))
+    folder = tmp_path / "saved"
+    task.encoder.save_pretrained(folder)
+    assert not (folder / "model.safetensors").exists()  # the passage tower is the backbone named in the config
+    assert (folder / QUERY_ADAPTER_DIR / "adapter_model.safetensors").exists()
+    again = Encoder.from_pretrained(str(folder), device="cpu")
+    assert again.config.query_adapter == QUERY_ADAPTER_DIR and again.config.backbone == str(tiny_encoder_dir)
+    qs = list(QUESTIONS.values())
+    np.testing.assert_allclose(again.encode_queries(qs), task.encoder.encode_queries(qs), atol=1e-6)
+    # The reloaded passage tower shares the token embeddings with its query tower (one copy in memory).
+    assert again.query_model.get_input_embeddings() is again.model.get_input_embeddings()
+
+
+def test_query_tower_resume_gives_the_same_adapter(tiny_encoder_dir, datastore, tmp_path, monkeypatch):
+    cfg = dict(epochs=2, batch_size=2, lr=1e-2, warmup_ratio=0.0, eval_every=100, save_every=2, log_every=100)
+    straight = _task(tiny_encoder_dir, datastore, tmp_path)
+    train(straight, TrainConfig(str(tmp_path / "a"), **cfg))
+    interrupted = _task(tiny_encoder_dir, datastore, tmp_path)
+    calls = {"n": 0}
+    real = interrupted.loss
+
+    def dying_loss(batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(batch)
+
+    monkeypatch.setattr(interrupted, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, TrainConfig(str(tmp_path / "b"), **cfg))
+    resumed = _task(tiny_encoder_dir, datastore, tmp_path)
+    train(resumed, TrainConfig(str(tmp_path / "b"), **cfg))
+    qs = list(QUESTIONS.values())
+    np.testing.assert_allclose(resumed.encoder.encode_queries(qs), straight.encoder.encode_queries(qs), atol=1e-6)
+
+
+def test_an_index_of_the_backbone_serves_the_query_encoder(tiny_encoder_dir, datastore, tmp_path):
+    from cora.index import build_index
+    from cora.retriever import Retriever
+
+    from .conftest import make_tiny_encoder
+
+    build_index(datastore, _encoder(tiny_encoder_dir, adapter=False), tmp_path / "idx", str(tiny_encoder_dir),
+                factory="Flat", show_progress=False)
+    task = _task(tiny_encoder_dir, datastore, tmp_path)
+    train(task, TrainConfig(str(tmp_path / "run"), epochs=3, batch_size=2, lr=1e-2, warmup_ratio=0.0,
+                            eval_every=100, save_every=100, log_every=100))
+    task.encoder.save_pretrained(tmp_path / "q")
+    shared = Retriever.from_pretrained(tmp_path / "idx", datastore=datastore, device="cpu",
+                                       query_encoder=str(tmp_path / "q"))
+    hits = shared.search("tee ist ein getränk aus blättern", k=3)
+    expected = task.encoder.encode_queries(["tee ist ein getränk aus blättern"]) @ \
+        task.encoder.encode([p.text for p in datastore], "passage").T
+    assert [h.row for h in hits] == list(np.argsort(-expected[0])[:3])
+    # An index whose passages come from other weights cannot be searched with this query tower.
+    other = make_tiny_encoder(tmp_path / "other", seed=1)
+    build_index(datastore, Encoder.from_pretrained(str(other), device="cpu"), tmp_path / "idx2", str(other),
+                factory="Flat", show_progress=False)
+    with pytest.raises(CoraError, match="passage"):
+        Retriever.from_pretrained(tmp_path / "idx2", datastore=datastore, device="cpu",
+                                  query_encoder=str(tmp_path / "q"))
+
+
+def test_cli_query_tower_needs_a_datastore_and_trains(tiny_encoder_dir, datastore, tmp_path):
+    from cora.cli import main
+
+    write_examples(_examples(datastore), tmp_path / "train.json")
+    base = ["train", "retriever", "--train-data", str(tmp_path / "train.json"), "--encoder", str(tiny_encoder_dir),
+            "--tower", "query", "--lora-rank", "4", "--batch-size", "2", "--max-steps", "2", "--device", "cpu"]
+    assert main([*base, "--output-dir", str(tmp_path / "r0")]) == 2  # no --datastore: a one-line error
+    assert main([*base, "--output-dir", str(tmp_path / "r1"), "--datastore", str(datastore.path)]) == 0
+    again = Encoder.from_pretrained(str(tmp_path / "r1" / "last"), device="cpu")
+    assert again.query_model is not None and again.encode_queries(["tee"]).shape == (1, 32)
