@@ -70,6 +70,45 @@ def tiny_reader(tiny_encoder_dir):
                             device="cpu")
 
 
+def test_long_passages_are_read_in_windows_scored_jointly(tiny_encoder_dir):
+    """With a stride, a passage longer than the input is read as overlapping windows: every token is reachable,
+    and the answer equals a naive search over all windows' spans, mapped back to the passage text."""
+    from dataclasses import replace
+
+    from cora.models import _load_hf_encoder
+    from cora.reader.base import ReaderConfig
+    from cora.reader.extractive import SpanModel
+
+    torch.manual_seed(1)
+    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
+    reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=12, max_answer_tokens=3,
+                                                                          stride=3), device="cpu")
+    words = "der nil ist ein fluss in afrika der mond umkreist die erde tee ist ein getränk aus blättern".split()
+    long = Passage("long-de", "de", "", " ".join(words), "g")
+    passages = [PASSAGES[0], long]
+    enc = reader.encode_inputs("was", passages, windows=True)
+    rows = enc["passage_of"].tolist()
+    assert rows[0] == 0 and rows.count(1) >= 2  # the long passage became several windows
+    covered = {int(enc["offsets"][r, t, 0]) for r in range(len(rows)) if rows[r] == 1
+               for t in range(enc["context"].shape[1]) if enc["context"][r, t]}
+    starts = {i for i in range(len(long.text)) if (i == 0 or long.text[i - 1] == " ")}
+    assert covered == starts  # every word of the long passage is in some window
+    with torch.no_grad():
+        start, end = reader.model(**enc["inputs"])
+    naive = best_spans_naive(start, end, enc["context"], 3)
+    p = passages[rows[naive.passage]]
+    expected = p.text[int(enc["offsets"][naive.passage, naive.start, 0]):
+                      int(enc["offsets"][naive.passage, naive.end, 1])].strip()
+    got = reader.read("was", passages, "de")
+    assert (got.text, got.evidence[0].passage_id) == (expected, p.id)
+    assert got.score == pytest.approx(naive.prob, abs=1e-5)
+    # Without a stride the same passage is cut at max_length: its last words are never candidates.
+    cut = replace(reader.config, stride=None)
+    reader.config = cut
+    enc = reader.encode_inputs("was", passages, windows=True)
+    assert enc["passage_of"].tolist() == [0, 1]
+
+
 def test_extractive_reader_learns_a_span_and_cites_it(tiny_reader):
     question, gold = "was umkreist die erde", "Der Mond"
     opt = torch.optim.AdamW(tiny_reader.model.parameters(), lr=3e-3)

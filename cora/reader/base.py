@@ -65,6 +65,10 @@ class ReaderConfig:
     model: str = field(default="me5-small", metadata={"help": "backbone: registered name, HF id or folder"})
     max_length: int = field(default=384, metadata={"help": "extractive: question + passage tokens per input"})
     max_answer_tokens: int = field(default=30, metadata={"help": "extractive: longest span, in tokens"})
+    stride: int | None = field(
+        default=None, metadata={"help": "extractive: a passage longer than max_length is read as overlapping "
+                                        "windows sharing this many tokens (SQuAD's doc stride), all scored jointly; "
+                                        "None = cut at max_length"})
     question_prefix: str = field(default="", metadata={"help": "prepended to the question (e.g. 'query: ')"})
     passages_per_forward: int | None = field(
         default=None, metadata={"help": "extractive: passages per forward pass; None = all at once on GPU, one at a "

@@ -99,10 +99,12 @@ class ExtractiveReader:
         save_config(self.config, folder / READER_CONFIG_FILE)
 
     # --- inputs
-    def encode_inputs(self, question: str | list[str], passages: list[Passage]) -> dict:
+    def encode_inputs(self, question: str | list[str], passages: list[Passage], windows: bool = False) -> dict:
         """Tokenise (question, passage text) pairs; keep offsets and the mask of passage tokens.
 
-        ``question`` is one question for all passages, or one question per passage (training batches)."""
+        ``question`` is one question for all passages, or one question per passage (training batches). With
+        ``windows`` and a ``stride`` in the config, a passage longer than the input becomes several overlapping
+        windows (rows); ``passage_of`` maps each row to its passage."""
         questions = [question] * len(passages) if isinstance(question, str) else list(question)
         if len(questions) != len(passages):
             raise CoraError(f"{len(questions)} questions for {len(passages)} passages")
@@ -115,13 +117,19 @@ class ExtractiveReader:
                 prepared[q] = self.tokenizer.decode(ids[:limit])
             else:
                 prepared[q] = self.config.question_prefix + q
+        overflow = {}
+        if windows and self.config.stride:
+            overflow = dict(stride=self.config.stride, return_overflowing_tokens=True)
         enc = self.tokenizer(
             [prepared[q] for q in questions], [p.text for p in passages], truncation="only_second",
             max_length=self.config.max_length, padding=True, return_offsets_mapping=True, return_tensors="pt",
+            **overflow,
         )
-        context = torch.tensor([[sid == 1 for sid in enc.sequence_ids(i)] for i in range(len(passages))])
+        passage_of = enc.pop("overflow_to_sample_mapping", torch.arange(len(passages)))  # [rows]
+        rows = len(passage_of)
+        context = torch.tensor([[sid == 1 for sid in enc.sequence_ids(i)] for i in range(rows)])
         offsets = enc.pop("offset_mapping")
-        return {"inputs": dict(enc), "context": context, "offsets": offsets}
+        return {"inputs": dict(enc), "context": context, "offsets": offsets, "passage_of": passage_of}
 
     # --- inference
     @torch.inference_mode()
@@ -129,29 +137,32 @@ class ExtractiveReader:
         passages = check_read_inputs(question, passages)
         self.model.eval()
         per = self.config.passages_per_forward or (len(passages) if self.device.type == "cuda" else 1)
-        parts = [self._logits(question, passages[i : i + per]) for i in range(0, len(passages), per)]
+        parts = [self._logits(question, passages[i : i + per], i) for i in range(0, len(passages), per)]
         # Pad every part to one length; padded positions are not context, so no span can use them and the
-        # softmax over spans stays joint across all passages.
+        # softmax over spans stays joint across all passages (and all windows of a long passage).
         L = max(p[0].shape[1] for p in parts)
-        start = torch.cat([torch.nn.functional.pad(s, (0, L - s.shape[1])) for s, _, _, _ in parts])  # [P, L]
-        end = torch.cat([torch.nn.functional.pad(e, (0, L - e.shape[1])) for _, e, _, _ in parts])  # [P, L]
-        context = torch.cat([torch.nn.functional.pad(c, (0, L - c.shape[1])) for _, _, c, _ in parts])  # [P, L]
-        offsets = torch.cat([torch.nn.functional.pad(o, (0, 0, 0, L - o.shape[1])) for _, _, _, o in parts])
+        start = torch.cat([torch.nn.functional.pad(s, (0, L - s.shape[1])) for s, *_ in parts])  # [R, L]
+        end = torch.cat([torch.nn.functional.pad(e, (0, L - e.shape[1])) for _, e, *_ in parts])  # [R, L]
+        context = torch.cat([torch.nn.functional.pad(c, (0, L - c.shape[1])) for _, _, c, *_ in parts])  # [R, L]
+        offsets = torch.cat([torch.nn.functional.pad(o, (0, 0, 0, L - o.shape[1])) for *_, o, _ in parts])
+        passage_of = torch.cat([m for *_, m in parts])  # [R] row -> passage index
         spans = best_spans(start, end, context, self.config.max_answer_tokens)
         if not spans:
             raise CoraError("the passages left no room for an answer span (question too long?)")
         best = spans[0]
-        p = passages[best.passage]
+        p = passages[int(passage_of[best.passage])]
         c0 = int(offsets[best.passage, best.start, 0])
         c1 = int(offsets[best.passage, best.end, 1])
         text = p.text[c0:c1].strip()
         ev = Evidence(p.id, p.lang, p.title, p.text, c0, c1, best.prob)
         return Answer(text, answer_lang, best.prob, [ev])
 
-    def _logits(self, question: str, passages: list[Passage]):
-        enc = self.encode_inputs(question, passages)
+    def _logits(self, question: str, passages: list[Passage], first: int = 0):
+        """Start/end logits [R, L], context mask, offsets and the passage index (counted from ``first``) of
+        each of the R rows (one per window)."""
+        enc = self.encode_inputs(question, passages, windows=True)
         start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
-        return start.float().cpu(), end.float().cpu(), enc["context"], enc["offsets"]
+        return start.float().cpu(), end.float().cpu(), enc["context"], enc["offsets"], enc["passage_of"] + first
 
     # --- training
     def loss(self, question: str, passages: list[Passage], answers: list[str]) -> torch.Tensor:
