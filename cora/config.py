@@ -54,6 +54,11 @@ class EncoderConfig:
         "help": "LoRA adapter folder (inside the encoder folder) applied to the query tower only; passages are "
                 "encoded by the plain backbone, so an index built with the backbone serves this encoder as is"})
 
+    query_adapter_scope: str = field(default="all", metadata={
+        "help": "'all': the query adapter encodes every question; 'cross-lingual': only questions whose language "
+                "has no passage in the datastore searched, the others use the plain backbone (an adapter trained "
+                "for cross-lingual retrieval only, e.g. the shipped mdpr-me5-small)"})
+
     def passage_side(self) -> dict:
         """What decides a passage vector besides the weights: two encoders with the same passage tower and the
         same passage side produce the same index."""

@@ -238,7 +238,7 @@ class Loop:
 
         folder = self.out / f"round_{k}" / ("index" if store == "main" else f"eval_index_{store}")
         retriever = Retriever(self._encoder(k), DenseIndex.load(folder), self.eval_stores[store])
-        hits = retriever.search_batch([q.question for q in questions], k=depth)
+        hits = retriever.search_batch([q.question for q in questions], k=depth, langs=[q.lang for q in questions])
         return [[h.row for h in hs] for hs in hits]
 
     # --- the run

@@ -57,6 +57,17 @@ def multi_positive_loss_naive(q, p, positive, candidate, temperature: float = 0.
     return torch.stack(losses).mean()
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Mean squared distance between student and (fixed) teacher vectors, divided by 2 * temperature.
+
+    student: [B, D] (e.g. a question in Thai through the query tower); teacher: [B, D] (its English version through
+    the frozen backbone). For unit vectors this is (1 - cos) / temperature: dividing by the contrastive loss's
+    temperature puts its gradients on the same scale (the contrastive gradient carries a 1 / temperature too),
+    so a weight of 1 balances the two.
+    """
+    return ((student - teacher.detach()) ** 2).sum(-1).mean() / (2 * temperature)  # []
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` [b, D] from every process into [world * b, D], keeping the gradient of the local slice.
 

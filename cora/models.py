@@ -296,7 +296,7 @@ class Encoder:
         return self.query_model if kind == "query" and self.query_model is not None else self.model
 
     def embed(self, batch: dict, kind: str = "passage") -> torch.Tensor:
-        """Differentiable forward for tokenised inputs -> [B, H] (used by training and by encode)."""
+        """Differentiable forward of ``kind``'s tower for tokenised inputs -> [B, H] (training and encode)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         hidden = self.tower(kind)(**batch).last_hidden_state  # [B, L, H]
         vectors = self.pool(hidden, batch["attention_mask"])  # [B, H]
@@ -306,9 +306,11 @@ class Encoder:
 
     @torch.inference_mode()
     def encode(
-        self, texts: Sequence[str], kind: str = "passage", batch_size: int = 32, show_progress: bool = False
+        self, texts: Sequence[str], kind: str = "passage", batch_size: int = 32, show_progress: bool = False,
+        tower: str | None = None,
     ) -> np.ndarray:
-        """Encode texts into float32 [N, H], in input order.
+        """Encode texts into float32 [N, H], in input order, with ``kind``'s prefix and length limit, through
+        ``tower``'s model (default: ``kind``'s; 'passage' for questions gives the frozen backbone's view of them).
 
         Texts are tokenised once, sorted by length and batched with dynamic padding, so a batch never pays for
         padding up to the longest text in the whole input.
@@ -322,14 +324,15 @@ class Encoder:
         prefix, max_len = self._kind(kind)
         ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_len)["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")[::-1]
-        self.tower(kind).eval()
+        tower = tower or kind
+        self.tower(tower).eval()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
         bar = tqdm(total=len(texts), desc=f"encode {kind}s", unit=kind[0], disable=not show_progress)
         with autocast:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-                out[rows] = self.embed(batch, kind).float().cpu().numpy()
+                out[rows] = self.embed(batch, tower).float().cpu().numpy()
                 bar.update(len(rows))
         bar.close()
         return out

@@ -90,7 +90,7 @@ class Pipeline:
                 raise CoraError("empty question: ask something")
         langs = [check_language(lang) if lang else detect_language(q) for q, lang in zip(questions, langs,
                                                                                           strict=True)]
-        hits = self.retriever.search_batch(list(questions), k=k)
+        hits = self.retriever.search_batch(list(questions), k=k, langs=langs)
         datastore = self.retriever.datastore
         answers = []
         for q, lang, hs in zip(questions, langs, hits, strict=True):

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cora.config import EncoderConfig
 from cora.datastore import Datastore
 from cora.errors import CoraError
@@ -75,10 +77,14 @@ class Retriever:
             encoder = Encoder(encoder.model, encoder.tokenizer, saved, device)
         return cls(encoder, index, ds)
 
-    def search(self, question: str, k: int = 10) -> list[SearchHit]:
-        return self.search_batch([question], k)[0]
+    def search(self, question: str, k: int = 10, lang: str | None = None) -> list[SearchHit]:
+        return self.search_batch([question], k, langs=[lang])[0]
 
-    def search_batch(self, questions: Sequence[str], k: int = 10, batch_size: int = 64) -> list[list[SearchHit]]:
+    def search_batch(self, questions: Sequence[str], k: int = 10, batch_size: int = 64,
+                     langs: Sequence[str | None] | None = None) -> list[list[SearchHit]]:
+        """Top-k hits per question. ``langs`` (detected when missing) matter only for an encoder whose query
+        adapter is scoped 'cross-lingual': a question in a language the datastore holds is encoded by the plain
+        backbone, any other by the adapter."""
         if k < 1:
             raise CoraError(f"k must be at least 1, got {k}")
         for q in questions:
@@ -87,9 +93,28 @@ class Retriever:
         if k > len(self.index):
             logger.warning("k=%d is larger than the datastore (%d passages); returning all of them", k,
                            len(self.index))
-        vectors = self.encoder.encode_queries(list(questions), batch_size=batch_size)
+        vectors = self._encode(list(questions), langs, batch_size)
         scores, rows = self.index.search(vectors, k)
         return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+
+    def _encode(self, questions: list[str], langs, batch_size: int):
+        enc = self.encoder
+        if enc.query_model is None or enc.config.query_adapter_scope == "all":
+            return enc.encode_queries(questions, batch_size=batch_size)
+        if enc.config.query_adapter_scope != "cross-lingual":
+            raise CoraError(f"unknown query_adapter_scope {enc.config.query_adapter_scope!r} in the encoder config; "
+                            "use 'all' or 'cross-lingual'")
+        langs = list(langs) if langs is not None else [None] * len(questions)
+        held = {lang.split("-")[0].lower() for lang in self.datastore.languages}
+        native = [i for i, (q, lang) in enumerate(zip(questions, langs, strict=True))
+                  if (lang or detect_language(q)).split("-")[0].lower() in held]
+        cross = sorted(set(range(len(questions))) - set(native))
+        vectors = np.empty((len(questions), enc.dim), dtype=np.float32)
+        if native:
+            vectors[native] = enc.encode([questions[i] for i in native], "query", batch_size, tower="passage")
+        if cross:
+            vectors[cross] = enc.encode_queries([questions[i] for i in cross], batch_size=batch_size)
+        return vectors
 
     def _hits(self, scores, rows) -> list[SearchHit]:
         keep = [(float(s), int(r)) for s, r in zip(scores, rows, strict=True) if r >= 0]

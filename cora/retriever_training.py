@@ -26,7 +26,7 @@ import torch
 
 from cora.datastore import Datastore, Passage
 from cora.errors import DataFormatError
-from cora.losses import contrastive_loss, gather_with_grad, multi_positive_loss
+from cora.losses import contrastive_loss, distill_loss, gather_with_grad, multi_positive_loss
 from cora.models import Encoder, format_passage
 from cora.questions import Question
 
@@ -48,6 +48,9 @@ class DPRExample:
     positive_ctxs: list[Ctx]
     negative_ctxs: list[Ctx] = field(default_factory=list)
     hard_negative_ctxs: list[Ctx] = field(default_factory=list)
+    # Optional: the same question in a pivot language (e.g. English, from a parallel set such as XQuAD); the
+    # query tower is then also distilled towards the frozen backbone's vector of it (QueryTowerTask).
+    pivot_question: str | None = None
 
 
 def _ctx(p: Passage) -> Ctx:
@@ -124,8 +127,10 @@ def read_examples(path: str | os.PathLike, datastore: Datastore | None = None) -
         if not positives:
             no_pos += 1
             continue
+        pivot = item.get("pivot_question")
         out.append(DPRExample(item["question"], list(item.get("answers") or []), item.get("lang", ""), positives,
-                              ctxs("negative_ctxs"), ctxs("hard_negative_ctxs")))
+                              ctxs("negative_ctxs"), ctxs("hard_negative_ctxs"),
+                              pivot if isinstance(pivot, str) and pivot.strip() else None))
     if no_pos or unknown:
         logger.warning("%s: skipped %d examples without a usable positive; dropped %d positives not in the "
                        "datastore", path, no_pos, unknown)
@@ -246,12 +251,20 @@ class QueryTowerTask:
     question gets two terms, averaged: its positives (every ``positive_ctxs`` row: the gold paragraph and its
     language-linked versions) against all N passages, and its positive in one *pivot* language, drawn from the
     languages of its positives other than its own (its own when there is none), against the passages of that
-    language only: the cross-lingual case that CORA's language links exist for.
+    language only: the cross-lingual case that CORA's language links exist for. ``all_weight`` weighs the
+    first term against the second (0.5: equal; 0: cross-lingual only, for a tower used only when the datastore
+    lacks the question's language, see :class:`cora.retriever.Retriever`).
+
+    With ``distill_weight`` > 0, a question whose example names a ``pivot_question`` (its translation, e.g. the
+    English original of a parallel set) is also pulled towards the frozen backbone's vector of that translation
+    (knowledge distillation, Reimers & Gurevych 2020): a question in any language should retrieve as its English
+    version does, in every datastore, which the contrastive terms alone do not ask for.
     """
 
     def __init__(self, encoder: Encoder, examples: Sequence[DPRExample], batch_size: int, datastore: Datastore,
                  passage_vectors: np.ndarray, dev: tuple[Sequence[Question], Datastore] | None = None,
-                 temperature: float = 0.05, dev_pivot: str | None = "en", dev_vectors: np.ndarray | None = None):
+                 temperature: float = 0.05, dev_pivot: str | None = "en", dev_vectors: np.ndarray | None = None,
+                 distill_weight: float = 0.0, all_weight: float = 0.5, dev_select: str = "mean"):
         if encoder.query_model is None:
             raise ValueError("QueryTowerTask needs an encoder with a query adapter (Encoder.add_query_adapter)")
         if passage_vectors.shape != (len(datastore), encoder.dim):
@@ -263,7 +276,8 @@ class QueryTowerTask:
         lang_ids = {lang: i for i, lang in enumerate(sorted(set(self.langs)))}
         self.lang_of = torch.tensor([lang_ids[x] for x in self.langs])  # [N]
         self.lang_ids = lang_ids
-        self.items: list[tuple[str, str, list[int]]] = []  # (question, lang, positive rows)
+        self.distill_weight, self.all_weight = distill_weight, all_weight
+        self.items: list[tuple[str, str, list[int], str | None]] = []  # (question, lang, positive rows, pivot q)
         unknown = 0
         for ex in examples:
             rows = []
@@ -273,13 +287,23 @@ class QueryTowerTask:
                 except KeyError:
                     unknown += 1
             if rows:
-                self.items.append((ex.question, ex.lang, sorted(set(rows))))
+                self.items.append((ex.question, ex.lang, sorted(set(rows)), ex.pivot_question))
         if unknown:
             logger.warning("dropped %d positives whose passage is not in the training datastore", unknown)
         if len(self.items) < batch_size:
             raise ValueError(f"{len(self.items)} usable examples, fewer than one batch of {batch_size}")
-        self.dev, self.dev_pivot = dev, dev_pivot
+        if dev_select not in ("mean", "pivot", "all"):
+            raise ValueError(f"dev_select must be 'mean', 'pivot' or 'all', not {dev_select!r}")
+        self.dev, self.dev_pivot, self.dev_select = dev, dev_pivot, dev_select
         self.dev_vectors = dev_vectors
+        self.teacher: dict[str, torch.Tensor] = {}
+        if distill_weight > 0:
+            pivots = sorted({t for *_, t in self.items if t})
+            if not pivots:
+                logger.warning("distill_weight > 0 but no example has a pivot_question: nothing to distil")
+            # The passage tower is the frozen backbone: its vector of the query-prefixed translation is the target.
+            vecs = encoder.encode(pivots, "query", tower="passage")
+            self.teacher = {t: torch.from_numpy(v) for t, v in zip(pivots, vecs, strict=True)}
         if dev is not None and dev_vectors is None:
             ds = dev[1]
             self.dev_vectors = encoder.encode_passages(list(ds.dataset["title"]), list(ds.dataset["text"]))
@@ -287,42 +311,53 @@ class QueryTowerTask:
     def num_batches(self, epoch: int) -> int:
         return len(self.items) // self.batch_size
 
-    def batches(self, epoch: int, rng: random.Random) -> Iterator[list[tuple[str, list[int], str]]]:
-        """(question, positive rows, pivot language) triples; a pure function of the rng (exact resume)."""
+    def batches(self, epoch: int, rng: random.Random) -> Iterator[list[tuple[str, list[int], str, str | None]]]:
+        """(question, positive rows, pivot language, pivot question) per example; a pure function of the rng
+        (exact resume)."""
         order = list(range(len(self.items)))
         rng.shuffle(order)
         for b in range(self.num_batches(epoch)):
             batch = []
             for i in order[b * self.batch_size : (b + 1) * self.batch_size]:
-                question, lang, rows = self.items[i]
+                question, lang, rows, pivot_question = self.items[i]
                 others = sorted({self.langs[r] for r in rows} - {lang})
-                batch.append((question, rows, rng.choice(others) if others else lang))
+                batch.append((question, rows, rng.choice(others) if others else lang, pivot_question))
             yield batch
 
     def loss(self, batch) -> torch.Tensor:
         enc = self.encoder
-        q = enc.embed(enc.tokenize([question for question, _, _ in batch], "query"), "query")  # [B, D]
+        q = enc.embed(enc.tokenize([item[0] for item in batch], "query"), "query")  # [B, D]
         B, N = len(batch), self.P.shape[0]
         positive = torch.zeros(B, N, dtype=torch.bool)  # [B, N]
-        for i, (_, rows, _) in enumerate(batch):
+        for i, (_, rows, _, _) in enumerate(batch):
             positive[i, rows] = True
-        pivot = torch.tensor([self.lang_ids[lang] for _, _, lang in batch])  # [B]
+        pivot = torch.tensor([self.lang_ids[lang] for _, _, lang, _ in batch])  # [B]
         in_pivot = self.lang_of.unsqueeze(0) == pivot.unsqueeze(1)  # [B, N]
         everything = torch.ones(B, N, dtype=torch.bool)  # [B, N]
         P = self.P.to(q.device)
-        return 0.5 * (multi_positive_loss(q, P, positive, everything, self.temperature)
-                      + multi_positive_loss(q, P, positive, in_pivot, self.temperature))
+        loss = (self.all_weight * multi_positive_loss(q, P, positive, everything, self.temperature)
+                + (1 - self.all_weight) * multi_positive_loss(q, P, positive, in_pivot, self.temperature))  # []
+        with_pivot = [i for i, item in enumerate(batch) if item[3] in self.teacher]
+        if self.distill_weight > 0 and with_pivot:
+            target = torch.stack([self.teacher[batch[i][3]] for i in with_pivot]).to(q.device)  # [b, D]
+            loss = loss + self.distill_weight * distill_loss(q[with_pivot], target, self.temperature) \
+                * len(with_pivot) / B
+        return loss
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Dev recall@1/5 on the dev datastore and on its pivot-language passages; the metric is the mean of
-        the two recall@1 (a fine-tune that trades one setting for the other does not count as progress)."""
+        """Dev recall@1/5 on the dev datastore and on its pivot-language passages. The metric (``dev_select``) is
+        the mean of the two recall@1 (a fine-tune that trades one setting for the other does not count as
+        progress), or one of them ('pivot': for a tower used only cross-lingually)."""
         if self.dev is None:
             return {"metric": 0.0}
         questions, ds = self.dev
         out = dev_recall(self.encoder, questions, ds, self.dev_vectors, self.dev_pivot)
         pivot = f"R@1 {self.dev_pivot}"
-        out["metric"] = (out["R@1"] + out[pivot]) / 2 if pivot in out else out["R@1"]
+        if pivot not in out or self.dev_select == "all":
+            out["metric"] = out["R@1"]
+        else:
+            out["metric"] = out[pivot] if self.dev_select == "pivot" else (out["R@1"] + out[pivot]) / 2
         return out
 
     def parameters(self):

@@ -32,8 +32,9 @@ from pathlib import Path
 from cora.bm25 import BM25Index
 from cora.cli import main as cora_main
 from cora.datastore import Datastore, read_squad
-from cora.questions import read_squad_questions
-from cora.retriever_training import build_examples, write_examples
+from cora.models import Encoder
+from cora.questions import Question, read_squad_questions
+from cora.retriever_training import build_examples, dev_recall, write_examples
 
 XQUAD_LANGS = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
 TRAIN_ARTICLES, DEV_ARTICLES = range(0, 32), range(32, 40)
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-paragraphs-per-source", type=int, default=1000,
                     help="at most N paragraphs (and their questions) per source; XQuAD is never capped (1000)")
     ap.add_argument("--dev-per-lang", type=int, default=40, help="dev questions per XQuAD language (default 40)")
+    ap.add_argument("--export", help="after training, write run/best as a shipped query encoder here (fp16 "
+                                     "adapter; e.g. cora/resources/mdpr-me5-small) and score fp32 vs fp16 on dev")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed on to 'cora train retriever'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -84,6 +87,13 @@ def main(argv=None) -> int:
         assert all(q.article < 32 for q in questions if "xquad" in q.gold_passage), "dev article leaked"
         bm25 = BM25Index(train_ds) if tower == "shared" else None  # query tower: every paragraph is a negative
         examples = build_examples(questions, train_ds, bm25, hard_negatives=3)
+        # XQuAD shares question ids across languages: the English original of each question is its pivot
+        # (distilled towards when the config sets distill_weight).
+        english = {q.id.rsplit("/", 1)[0]: q.question for q in questions
+                   if q.lang == "en" and q.gold_passage.startswith("xquad")}
+        for q, ex in zip(questions, examples, strict=True):
+            if q.lang != "en" and q.gold_passage.startswith("xquad"):
+                ex.pivot_question = english.get(q.id.rsplit("/", 1)[0])
         write_examples(examples, out / "train.json")
         logging.info("%d training examples from %d questions", len(examples), len(questions))
 
@@ -101,9 +111,44 @@ def main(argv=None) -> int:
                                                        "gold_group": q.gold_group}, ensure_ascii=False) + "\n"
                                            for q in dev), encoding="utf-8")
     extra = [a for a in args.extra if a != "--"]
-    return cora_main(["train", "retriever", "--config", args.config, "--train-data", str(out / "train.json"),
-                      "--output-dir", str(out / "run"), "--dev-questions", str(out / "dev.jsonl"),
-                      "--dev-datastore", str(dev_ds_dir), "--datastore", str(train_ds_dir), *extra])
+    rc = cora_main(["train", "retriever", "--config", args.config, "--train-data", str(out / "train.json"),
+                    "--output-dir", str(out / "run"), "--dev-questions", str(out / "dev.jsonl"),
+                    "--dev-datastore", str(dev_ds_dir), "--datastore", str(train_ds_dir), *extra])
+    if rc or not args.export:
+        return rc
+    export_query_encoder(out / "run" / "best", Path(args.export))
+    questions = [Question(q.id, q.question, q.lang, [], None, q.gold_group) for q in dev]
+    scores = {name: dev_recall(Encoder.from_pretrained(str(folder)), questions, Datastore(dev_ds_dir), None, "en")
+              for name, folder in (("fp32 run/best", out / "run" / "best"), ("fp16 export", Path(args.export)))}
+    print(json.dumps(scores, indent=1))
+    (out / "export.json").write_text(json.dumps({"export": args.export, "dev": scores}, indent=1))
+    return 0
+
+
+def export_query_encoder(best: Path, dest: Path) -> None:
+    """A query-adapter encoder folder -> a shippable copy: the adapter in fp16, its config naming the registered
+    backbone instead of this machine's cache path, without peft's generated model card."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from cora.models import ENCODER_CONFIG_FILE, QUERY_ADAPTER_DIR
+
+    config = json.loads((best / ENCODER_CONFIG_FILE).read_text(encoding="utf-8"))
+    if not config.get("query_adapter"):
+        raise SystemExit(f"{best} has no query adapter: only a --tower query run can be exported this way")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / QUERY_ADAPTER_DIR).mkdir(parents=True)
+    shutil.copy(best / ENCODER_CONFIG_FILE, tmp / ENCODER_CONFIG_FILE)
+    adapter = json.loads((best / QUERY_ADAPTER_DIR / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter["base_model_name_or_path"] = config["backbone"]
+    (tmp / QUERY_ADAPTER_DIR / "adapter_config.json").write_text(json.dumps(adapter, indent=2) + "\n")
+    weights = load_file(str(best / QUERY_ADAPTER_DIR / "adapter_model.safetensors"))
+    save_file({k: v.half().contiguous() for k, v in weights.items()},
+              str(tmp / QUERY_ADAPTER_DIR / "adapter_model.safetensors"))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
 
 
 def kept_paragraphs(files, cap: int | None) -> set[str] | None:

@@ -30,8 +30,6 @@ from pathlib import Path
 from cora.datastore import Datastore
 from cora.evaluation.report import format_table
 from cora.evaluation.xor import score_one
-from cora.index import DenseIndex
-from cora.models import Encoder
 from cora.pipeline import Pipeline, PipelineConfig
 from cora.reader import load_reader, project_answer
 from cora.reader.training import XQUAD_LANGS, score_gold_paragraph, xquad_dev_examples
@@ -54,8 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--reader", default="me5-small-reader", help="reader folder or shipped name")
     ap.add_argument("--max-length", type=int, help="override the reader's input length")
+    ap.add_argument("--stride", type=int, help="override the reader's window stride (0: cut at max length)")
     ap.add_argument("--retrieval", default="runs/xquad-retrieval", help="recipes/xquad_retrieval.py output")
     ap.add_argument("--encoder", default="me5-small")
+    ap.add_argument("--query-encoder", help="search the --encoder index with this query tower (e.g. mdpr-me5-small)")
     ap.add_argument("--k", type=int, default=5, help="passages read per question (default 5)")
     ap.add_argument("--limit", type=int, help="questions per language (default: all 187)")
     ap.add_argument("--out", default="runs/xquad-reader")
@@ -67,8 +67,11 @@ def main(argv=None) -> int:
     reader = load_reader(args.reader)
     if args.max_length:
         reader.config.max_length = args.max_length
+    if args.stride is not None:
+        reader.config.stride = args.stride or None
     results = {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]), "reader": args.reader,
-               "k": args.k, "max_length": reader.config.max_length}
+               "k": args.k, "max_length": reader.config.max_length,
+               "stride": reader.config.stride}
 
     dev = xquad_dev_examples(args.data, args.limit)
     if args.only in (None, "gold"):
@@ -87,13 +90,15 @@ def run_open(args, reader, dev, results) -> None:
     retrieval = Path(args.retrieval)
     if not (retrieval / "index-english-only" / "index.faiss").exists():
         xquad_retrieval.main(["--data", args.data, "--encoder", args.encoder, "--out", str(retrieval)])
-    encoder = Encoder.from_pretrained(args.encoder)
     stores = {s: Datastore(retrieval / f"datastore-{s}") for s in ("all-languages", "english-only")}
     linked = stores["all-languages"]
+    retrievers = {s: Retriever.from_pretrained(retrieval / f"index-{s}", ds, query_encoder=args.query_encoder)
+                  for s, ds in stores.items()}
+    results["retrieval"] = args.query_encoder or args.encoder
     for setting, ds in stores.items():
-        retriever = Retriever(encoder, DenseIndex.load(retrieval / f"index-{setting}"), ds)
+        retriever = retrievers[setting]
         t0 = time.time()
-        hits = retriever.search_batch([ex.question for ex in dev], k=args.k)
+        hits = retriever.search_batch([ex.question for ex in dev], k=args.k, langs=[ex.question_lang for ex in dev])
         variants = {"no projection": {}, "projection: reread": {}, "projection: align": {}}
         fired = {"reread": [], "align": []}  # (f1 before, f1 after) where projection fired
         for ex, hs in zip(dev, hits, strict=True):
@@ -120,7 +125,7 @@ def run_open(args, reader, dev, results) -> None:
         print("projection fired:", json.dumps(fire, indent=1))
 
     # Latency of the public API on the all-languages datastore, one question at a time.
-    pipe = Pipeline(Retriever(encoder, DenseIndex.load(retrieval / "index-all-languages"), linked), reader,
+    pipe = Pipeline(retrievers["all-languages"], reader,
                     PipelineConfig(str(retrieval / "index-all-languages"), args.reader, k=args.k))
     sample = dev[:: max(1, len(dev) // 60)]
     pipe.answer(sample[0].question, sample[0].question_lang)  # warm-up

@@ -87,8 +87,8 @@ def main(argv=None) -> int:
         for name in args.query_encoder:
             tower = Retriever.from_pretrained(idx_dir, datastore=ds, query_encoder=name)
             t0 = time.time()
-            rows = [[h.row for h in hs] for hs in tower.search_batch([q.question for q in questions],
-                                                                     k=FUSION_DEPTH)]
+            rows = [[h.row for h in hs] for hs in tower.search_batch(
+                [q.question for q in questions], k=FUSION_DEPTH, langs=[q.lang for q in questions])]
             results.setdefault("query_seconds", {})[f"{setting} {name}"] = round(time.time() - t0, 1)
             rankings[f"dense ({name})"] = rows
             rankings[f"hybrid ({name} + BM25)"] = hybrid(rows, bm25_rows)

@@ -148,7 +148,7 @@ def test_an_index_of_the_backbone_serves_the_query_encoder(tiny_encoder_dir, dat
                                        query_encoder=str(tmp_path / "q"))
     hits = shared.search("tee ist ein getränk aus blättern", k=3)
     expected = task.encoder.encode_queries(["tee ist ein getränk aus blättern"]) @ \
-        task.encoder.encode([p.text for p in datastore], "passage").T
+        task.encoder.encode_passages([p.title for p in datastore], [p.text for p in datastore]).T
     assert [h.row for h in hits] == list(np.argsort(-expected[0])[:3])
     # An index whose passages come from other weights cannot be searched with this query tower.
     other = make_tiny_encoder(tmp_path / "other", seed=1)
@@ -169,3 +169,63 @@ def test_cli_query_tower_needs_a_datastore_and_trains(tiny_encoder_dir, datastor
     assert main([*base, "--output-dir", str(tmp_path / "r1"), "--datastore", str(datastore.path)]) == 0
     again = Encoder.from_pretrained(str(tmp_path / "r1" / "last"), device="cpu")
     assert again.query_model is not None and again.encode_queries(["tee"]).shape == (1, 32)
+
+
+def test_distill_loss_is_one_minus_cosine_over_temperature():
+    from cora.losses import distill_loss
+
+    s = torch.nn.functional.normalize(torch.tensor([[1.0, 1.0], [1.0, 0.0]]), dim=-1)
+    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    cos = torch.tensor([2 ** -0.5, 1.0])
+    assert distill_loss(s, t, 0.05).item() == pytest.approx(((1 - cos) / 0.05).mean().item(), abs=1e-6)
+
+
+def test_distillation_pulls_questions_towards_their_pivot(tiny_encoder_dir, datastore, tmp_path):
+    english = {"moon": "the moon orbits the earth", "nile": "the nile is a river in africa flowing north",
+               "tea": "tea is a drink made from leaves"}
+    examples = _examples(datastore)
+    for ex in examples:
+        ex.pivot_question = next(english[g] for g, q in QUESTIONS.items() if q == ex.question)
+    enc = _encoder(tiny_encoder_dir)
+    vectors = passage_vectors(enc, datastore, tmp_path / "cache")
+    task = QueryTowerTask(enc, examples, 2, datastore, vectors, None, temperature=0.1, distill_weight=1.0)
+    teacher = enc.encode(list(english.values()), "query", tower="passage")
+    np.testing.assert_array_equal(teacher, _encoder(tiny_encoder_dir, adapter=False).encode_queries(
+        list(english.values())))  # the teacher is the frozen backbone's view of the English question
+
+    def cos() -> float:
+        student = enc.encode_queries([QUESTIONS[g] for g in english])
+        return float((student * teacher).sum(1).mean())
+
+    before = cos()
+    train(task, TrainConfig(str(tmp_path / "run"), epochs=20, batch_size=2, lr=1e-2, warmup_ratio=0.0,
+                            eval_every=1000, save_every=1000, log_every=1000))
+    assert 1 - cos() < 0.25 * (1 - before)  # measured: cosine 0.933 -> 0.994 (seeded)
+
+
+def test_cross_lingual_scope_routes_by_the_datastores_languages(tiny_encoder_dir, datastore, tmp_path):
+    from dataclasses import replace
+
+    from cora.index import build_index
+    from cora.retriever import Retriever
+
+    build_index(datastore, _encoder(tiny_encoder_dir, adapter=False), tmp_path / "idx", str(tiny_encoder_dir),
+                factory="Flat", show_progress=False)
+    enc = _encoder(tiny_encoder_dir)
+    with torch.no_grad():  # a trained adapter, in effect (LoRA's B starts at zero)
+        for name, param in enc.query_model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)
+    enc.config = replace(enc.config, query_adapter_scope="cross-lingual")
+    enc.save_pretrained(tmp_path / "q")
+    retriever = Retriever.from_pretrained(tmp_path / "idx", datastore=datastore, device="cpu",
+                                          query_encoder=str(tmp_path / "q"))
+    q = "tee ist ein getränk aus blättern"
+    P = enc.encode_passages([p.title for p in datastore], [p.text for p in datastore])
+    base = enc.encode([q], "query", tower="passage")[0]
+    adapted = enc.encode_queries([q])[0]
+    assert not np.allclose(base, adapted)
+    for lang, vector in (("de", base), ("fr", adapted)):  # de passages exist; fr ones do not
+        hits = retriever.search(q, k=4, lang=lang)
+        np.testing.assert_allclose([h.score for h in hits], np.sort(P @ vector)[::-1][:4], atol=1e-5)
+    assert Encoder.from_pretrained(str(tmp_path / "q"), device="cpu").config.query_adapter_scope == "cross-lingual"

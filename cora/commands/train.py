@@ -10,6 +10,8 @@ from cora.errors import CoraError
 from cora.training import TrainConfig
 
 RETRIEVER_DEFAULTS = {"encoder": "me5-small", "tower": "shared", "lora_rank": 16, "dev_pivot": "en",
+                      "distill_weight": 0.0, "all_weight": 0.5,
+                      "dev_select": "mean",
                       "temperature": 0.05, "native_positive_rate": 0.5,
                       "freeze_embeddings": True, "dropout": True, "dev_questions": None, "dev_datastore": None, "datastore": None}
 
@@ -40,6 +42,15 @@ def register(sub) -> None:
                         "keep the backbone's vectors (computed once from --datastore, every one of them a "
                         "negative), so existing indexes of the backbone stay valid and nothing is re-encoded")
     r.add_argument("--lora-rank", type=int, help="rank of the query tower's LoRA adapter (--tower query; 16)")
+    r.add_argument("--distill-weight", type=float,
+                   help="--tower query: weight of distilling each question towards the backbone's vector of its "
+                        "'pivot_question' (its translation, e.g. the English original; 0 = off, the default)")
+    r.add_argument("--all-weight", type=float,
+                   help="--tower query: weight of ranking against all passages vs against the pivot language's "
+                        "only (0.5; 0 = cross-lingual only)")
+    r.add_argument("--dev-select", choices=["mean", "pivot", "all"],
+                   help="--tower query: checkpoint selection on the mean of both dev recall@1 (default), the pivot "
+                        "one, or the all-passages one")
     r.add_argument("--dev-pivot", help="--tower query: also report dev recall against this language's passages "
                                        "only, and select on the mean of both recall@1 (default en; 'none' off)")
     r.add_argument("--datastore", help="drop positives whose ids are not in this datastore (counted); with "
@@ -171,7 +182,7 @@ def _query_tower_task(opts: dict, encoder, examples, datastore, dev, train_cfg):
     pivot = None if str(opts["dev_pivot"]).lower() in ("none", "") else opts["dev_pivot"]
     try:
         return QueryTowerTask(encoder, examples, train_cfg.batch_size, datastore, vectors, dev, opts["temperature"],
-                              pivot, dev_vectors)
+                              pivot, dev_vectors, opts["distill_weight"], opts["all_weight"], opts["dev_select"])
     except ValueError as err:
         raise CoraError(str(err)) from None
 
