@@ -83,6 +83,11 @@ class IterateConfig:
                 "vectors of round 0, so no round re-encodes the datastore (see 'cora train retriever --tower')"})
     lora_rank: int = field(default=16, metadata={"help": "rank of the query tower's adapter (retriever_tower "
                                                           "'query')"})
+    query_all_weight: float = field(default=0.5, metadata={
+        "help": "retriever_tower 'query': weight of ranking against all passages vs against the pivot "
+                "language's only (0 for an adapter scoped 'cross-lingual')"})
+    evaluate_main: bool = field(default=True, metadata={
+        "help": "also evaluate on the mined datastore (off when eval_datastores already hold the benchmark ones)"})
     index_factory: str = field(default="Flat", metadata={"help": "FAISS factory of every round's index"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and data order"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
@@ -177,7 +182,10 @@ class Loop:
         if any(q.gold_group is None for q in self.dev_q):
             raise CoraError(f"{cfg.dev_questions}: every dev question needs a 'gold_group' (recall is measured "
                             "on it)")
-        self.eval_stores = {"main": self.datastore} | {n: Datastore(p) for n, p in cfg.eval_datastores.items()}
+        self.eval_stores = ({"main": self.datastore} if cfg.evaluate_main else {}) | {
+            n: Datastore(p) for n, p in cfg.eval_datastores.items()}
+        if not self.eval_stores:
+            raise CoraError("nothing to evaluate on: set evaluate_main or give eval_datastores")
 
     # --- bookkeeping
     def _check_config(self, folder: Path) -> None:
@@ -237,7 +245,8 @@ class Loop:
         from cora.retriever import Retriever
 
         folder = self.out / f"round_{k}" / ("index" if store == "main" else f"eval_index_{store}")
-        retriever = Retriever(self._encoder(k), DenseIndex.load(folder), self.eval_stores[store])
+        datastore = self.datastore if store == "main" else self.eval_stores[store]
+        retriever = Retriever(self._encoder(k), DenseIndex.load(folder), datastore)
         hits = retriever.search_batch([q.question for q in questions], k=depth, langs=[q.lang for q in questions])
         return [[h.row for h in hs] for hs in hits]
 
@@ -373,7 +382,7 @@ class Loop:
             index = DenseIndex.load(self.out / "round_0" / "index")
             vectors = index.index.reconstruct_n(0, len(index))
             task = QueryTowerTask(encoder, examples, tcfg.batch_size, self.datastore, vectors, None,
-                                  self.cfg.temperature)
+                                  self.cfg.temperature, all_weight=self.cfg.query_all_weight)
         else:
             task = RetrieverTask(encoder, examples, tcfg.batch_size, None, self.cfg.temperature, dropout=False)
         train(task, tcfg)
@@ -517,10 +526,10 @@ def plot_rounds(metrics: Sequence[dict], path: Path) -> None:
                  label=f"{store}: R@{kmax}")
     ax1.set(xlabel="round", ylabel="macro (%)", title="dev, macro over languages", xticks=rounds)
     ax1.legend(fontsize=8)
-    main = metrics[0]["datastores"]["main"]["qa"]
-    for lang in (x for x in main if x != "macro"):
-        ax2.plot(rounds, [m["datastores"]["main"]["qa"][lang]["F1"] for m in metrics], "o-", label=lang)
-    ax2.set(xlabel="round", ylabel="F1", title="dev F1 per language (main datastore)", xticks=rounds)
+    first = next(iter(metrics[0]["datastores"]))
+    for lang in (x for x in metrics[0]["datastores"][first]["qa"] if x != "macro"):
+        ax2.plot(rounds, [m["datastores"][first]["qa"][lang]["F1"] for m in metrics], "o-", label=lang)
+    ax2.set(xlabel="round", ylabel="F1", title=f"dev F1 per language ({first} datastore)", xticks=rounds)
     ax2.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

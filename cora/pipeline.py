@@ -19,6 +19,7 @@ from cora.retriever import Retriever
 logger = logging.getLogger(__name__)
 
 PIPELINE_FILE = "pipeline.json"
+HYBRID_MAX_PASSAGES = 1_000_000
 
 
 @dataclass
@@ -30,6 +31,10 @@ class PipelineConfig:
     query_encoder: str | None = field(default=None, metadata={
         "help": "encoder for questions instead of the index's own (must share its passage tower): a shipped name "
                 "such as mdpr-me5-small, or a folder"})
+    hybrid: bool = field(default=True, metadata={
+        "help": "fuse BM25 with dense retrieval (reciprocal-rank fusion) for questions whose language the datastore "
+                "holds; on XQuAD dev it raised all-languages recall@1 87.2 -> 88.0 and cost 21.6 points when fused "
+                "across languages, so cross-lingual questions stay dense. Skipped above 1M passages (BM25 in RAM)"})
     k: int = field(default=10, metadata={"help": "passages read per question"})
     max_k: int = field(default=100, metadata={"help": "largest k a caller may ask for"})
     projection: bool = field(default=True, metadata={"help": "project answers through language links"})
@@ -56,6 +61,12 @@ class Pipeline:
         if query is not None and query not in SHIPPED_ENCODERS:
             query = str(resolve(query))
         retriever = Retriever.from_pretrained(resolve(config.index), device=device, query_encoder=query)
+        if config.hybrid:
+            if len(retriever.datastore) <= HYBRID_MAX_PASSAGES:
+                retriever.enable_hybrid()
+            else:
+                logger.warning("hybrid retrieval skipped: %d passages is more than BM25 in memory serves "
+                               "(%d); searching dense only", len(retriever.datastore), HYBRID_MAX_PASSAGES)
         reader = config.reader if config.reader in SHIPPED_READERS else resolve(config.reader)
         return cls(retriever, load_reader(reader, device=device), config)
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cora.bm25 import reciprocal_rank_fusion, reciprocal_rank_fusion_scores
 from cora.config import EncoderConfig
 from cora.datastore import Datastore
 from cora.errors import CoraError
 from cora.index import DenseIndex
-from cora.languages import detect_language
+from cora.languages import base_code, detect_language
 from cora.models import Encoder, check_shares_passages
 
 logger = logging.getLogger(__name__)
@@ -38,14 +39,29 @@ class SearchHit:
         return d
 
 
+FUSION_DEPTH = 100  # each ranking's top 100 enter the reciprocal-rank fusion (hybrid retrieval)
+
+
 class Retriever:
     """Encoder + index + datastore. ``Retriever.from_pretrained(index_dir).search("question", k=5)``."""
 
-    def __init__(self, encoder: Encoder, index: DenseIndex, datastore: Datastore):
+    def __init__(self, encoder: Encoder, index: DenseIndex, datastore: Datastore, hybrid: bool = False):
         index.check_datastore(datastore)
         if index.config.dim != encoder.dim:
             raise CoraError(f"encoder dimension {encoder.dim} != index dimension {index.config.dim}")
         self.encoder, self.index, self.datastore = encoder, index, datastore
+        self.bm25 = None
+        if hybrid:
+            self.enable_hybrid()
+
+    def enable_hybrid(self) -> None:
+        """Fuse BM25 into the ranking of questions whose language the datastore holds (reciprocal-rank fusion of
+        the top 100 of each). BM25 cannot match across scripts, so a question in a language the datastore lacks
+        stays dense-only. Builds the BM25 index in memory (fine up to about a million passages)."""
+        from cora.bm25 import BM25Index
+
+        if self.bm25 is None:
+            self.bm25 = BM25Index(self.datastore)
 
     @classmethod
     def from_pretrained(
@@ -93,21 +109,39 @@ class Retriever:
         if k > len(self.index):
             logger.warning("k=%d is larger than the datastore (%d passages); returning all of them", k,
                            len(self.index))
-        vectors = self._encode(list(questions), langs, batch_size)
-        scores, rows = self.index.search(vectors, k)
-        return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+        questions = list(questions)
+        langs = list(langs) if langs is not None else [None] * len(questions)
+        if len(langs) != len(questions):
+            raise CoraError(f"{len(questions)} questions but {len(langs)} languages")
+        needs_lang = self.bm25 is not None or (self.encoder.query_model is not None
+                                               and self.encoder.config.query_adapter_scope != "all")
+        if needs_lang:
+            langs = [lang or detect_language(q) for q, lang in zip(questions, langs, strict=True)]
+        held = {base_code(lang) for lang in self.datastore.languages}
+        native = [i for i, lang in enumerate(langs) if lang and base_code(lang) in held]
+        vectors = self._encode(questions, native, batch_size)
+        depth = max(k, FUSION_DEPTH) if self.bm25 is not None and native else k
+        scores, rows = self.index.search(vectors, depth)
+        out = [self._hits(s[:k], r[:k]) for s, r in zip(scores, rows, strict=True)]
+        if self.bm25 is not None and native:
+            _, lexical = self.bm25.search([questions[i] for i in native], [langs[i] for i in native],
+                                          k=FUSION_DEPTH)
+            for i, lex in zip(native, lexical, strict=True):
+                rankings = [[int(r) for r in rows[i] if r >= 0], [int(r) for r in lex]]
+                fused = reciprocal_rank_fusion(rankings, top=k)
+                fused_scores = reciprocal_rank_fusion_scores(rankings)
+                out[i] = self._hits([fused_scores[r] for r in fused], fused)
+        return out
 
-    def _encode(self, questions: list[str], langs, batch_size: int):
+    def _encode(self, questions: list[str], native: list[int], batch_size: int):
+        """Question vectors: through the query adapter, except, for an adapter scoped 'cross-lingual', the
+        questions in ``native`` (their language is in the datastore), which the plain backbone encodes."""
         enc = self.encoder
         if enc.query_model is None or enc.config.query_adapter_scope == "all":
             return enc.encode_queries(questions, batch_size=batch_size)
         if enc.config.query_adapter_scope != "cross-lingual":
             raise CoraError(f"unknown query_adapter_scope {enc.config.query_adapter_scope!r} in the encoder config; "
                             "use 'all' or 'cross-lingual'")
-        langs = list(langs) if langs is not None else [None] * len(questions)
-        held = {lang.split("-")[0].lower() for lang in self.datastore.languages}
-        native = [i for i, (q, lang) in enumerate(zip(questions, langs, strict=True))
-                  if (lang or detect_language(q)).split("-")[0].lower() in held]
         cross = sorted(set(range(len(questions))) - set(native))
         vectors = np.empty((len(questions), enc.dim), dtype=np.float32)
         if native:

@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dev-per-lang", type=int, default=40, help="dev questions per XQuAD language (default 40)")
     ap.add_argument("--export", help="after training, write run/best as a shipped query encoder here (fp16 "
                                      "adapter; e.g. cora/resources/mdpr-me5-small) and score fp32 vs fp16 on dev")
+    ap.add_argument("--export-scope", choices=["all", "cross-lingual"], default="cross-lingual",
+                    help="query_adapter_scope of the export: use the adapter for every question, or only for "
+                         "questions whose language the datastore lacks (default)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed on to 'cora train retriever'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
                     "--dev-datastore", str(dev_ds_dir), "--datastore", str(train_ds_dir), *extra])
     if rc or not args.export:
         return rc
-    export_query_encoder(out / "run" / "best", Path(args.export))
+    export_query_encoder(out / "run" / "best", Path(args.export), args.export_scope)
     questions = [Question(q.id, q.question, q.lang, [], None, q.gold_group) for q in dev]
     scores = {name: dev_recall(Encoder.from_pretrained(str(folder)), questions, Datastore(dev_ds_dir), None, "en")
               for name, folder in (("fp32 run/best", out / "run" / "best"), ("fp16 export", Path(args.export)))}
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def export_query_encoder(best: Path, dest: Path) -> None:
+def export_query_encoder(best: Path, dest: Path, scope: str) -> None:
     """A query-adapter encoder folder -> a shippable copy: the adapter in fp16, its config naming the registered
     backbone instead of this machine's cache path, without peft's generated model card."""
     import shutil
@@ -140,7 +143,8 @@ def export_query_encoder(best: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / QUERY_ADAPTER_DIR).mkdir(parents=True)
-    shutil.copy(best / ENCODER_CONFIG_FILE, tmp / ENCODER_CONFIG_FILE)
+    config["query_adapter_scope"] = scope
+    (tmp / ENCODER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     adapter = json.loads((best / QUERY_ADAPTER_DIR / "adapter_config.json").read_text(encoding="utf-8"))
     adapter["base_model_name_or_path"] = config["backbone"]
     (tmp / QUERY_ADAPTER_DIR / "adapter_config.json").write_text(json.dumps(adapter, indent=2) + "\n")

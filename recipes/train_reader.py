@@ -2,7 +2,8 @@
 
 1. ``cora train reader --config recipes/reader_me5_small.json`` (resumable: rerun after an interruption);
 2. export the best checkpoint as fp16, only the trained top layers and the span head (a delta over me5-small),
-   with the inference input length set to 384 tokens;
+   reading 256-token windows with a 128-token stride (the length it was trained at: on 300 XQuAD dev
+   questions, 25 per language, it scored 40.6 F1 at 256 tokens, 40.5 with windows, 37.3 at 384);
 3. score the fp32 checkpoint and the fp16 export on XQuAD dev with the gold paragraph, so the cost of fp16 is
    measured, not assumed.
 
@@ -33,7 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
     ap.add_argument("--run", default="runs/reader-me5-small")
     ap.add_argument("--export", default=str(HERE.parent / "cora" / "resources" / "reader-me5-small"))
-    ap.add_argument("--inference-length", type=int, default=384)
+    ap.add_argument("--inference-length", type=int, default=256)
+    ap.add_argument("--stride", type=int, default=128, help="window overlap for longer passages (0: cut)")
     ap.add_argument("--skip-train", action="store_true", help="export an existing run")
     args = ap.parse_args(argv)
 
@@ -43,6 +45,7 @@ def main(argv=None) -> int:
             return rc
     best = load_reader(Path(args.run) / "best")
     best.config.max_length = args.inference_length
+    best.config.stride = args.stride or None
     export = Path(args.export)
     tmp = export.with_name(export.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -136,6 +136,24 @@ def test_retriever_returns_typed_hits_with_text(flat_index, datastore):
         retriever.search("   ")
 
 
+def test_hybrid_fuses_bm25_only_for_languages_the_datastore_holds(flat_index, datastore):
+    from cora.bm25 import BM25Index, reciprocal_rank_fusion
+
+    _, folder = flat_index
+    dense = Retriever.from_pretrained(folder, device="cpu")
+    hybrid = Retriever.from_pretrained(folder, device="cpu")
+    hybrid.enable_hybrid()
+    q = "tee ist ein getränk aus blättern"
+    dense_rows = [h.row for h in dense.search(q, k=100, lang="de")]
+    _, lexical = BM25Index(datastore).search([q], ["de"], k=100)
+    expected = reciprocal_rank_fusion([dense_rows, [int(r) for r in lexical[0]]], top=4)
+    got = hybrid.search(q, k=4, lang="de")
+    assert [h.row for h in got] == expected and expected != dense_rows[:4]
+    assert got[0].score == pytest.approx(1 / 61 + 1 / 61)  # first in both rankings: 1/(60+1) twice
+    # A question in a language the datastore lacks (fr) cannot match lexically: it stays dense.
+    assert [h.row for h in hybrid.search(q, k=4, lang="fr")] == dense_rows[:4]
+
+
 def test_auto_factory_follows_the_measured_trade_offs():
     from cora.index import auto_factory
 

@@ -210,6 +210,8 @@ def test_loop_runs_with_a_seq2seq_reader(loop_config, tmp_path):
 def test_bad_configs_are_refused(loop_config, tmp_path):
     with pytest.raises(CoraError, match="label_depth"):
         IterateConfig(**{**loop_config, "label_depth": 10})
+    with pytest.raises(CoraError, match="nothing to evaluate"):
+        Loop(IterateConfig(**{**loop_config, "evaluate_main": False, "eval_datastores": {}}))
     (tmp_path / "nolang.jsonl").write_text('{"id": "a", "question": "where", "answers": ["x"]}\n')
     with pytest.raises(CoraError, match="lang"):
         Loop(IterateConfig(**{**loop_config, "train_questions": str(tmp_path / "nolang.jsonl")}))

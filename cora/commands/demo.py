@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=str(REPO_SAMPLE), help="folder with passages.jsonl and questions.jsonl")
     p.add_argument("--out", help="where to put the datastore, index and pipeline (default: $CORA_HOME/demo)")
     p.add_argument("--encoder", default="me5-small", help="encoder (default me5-small)")
+    p.add_argument("--query-encoder", default="mdpr-me5-small",
+                   help="query tower over the --encoder index (default: the shipped mdpr-me5-small, used for "
+                        "questions in languages the sample datastore lacks; 'none' to search with --encoder alone)")
     p.add_argument("--reader", default="me5-small-reader", help="reader folder or shipped name (me5-small-reader)")
     p.add_argument("--k", type=int, default=5, help="passages read per question (default 5)")
     p.set_defaults(func=run_demo)
@@ -46,14 +49,19 @@ def run_demo(args) -> int:
                          sources=[str(data / "passages.jsonl")])
     encoder = Encoder.from_pretrained(args.encoder)
     build_index(ds, encoder, out / "index", args.encoder, factory="Flat", show_progress=False)
-    Pipeline.create(out / "pipeline", out / "index", args.reader, k=args.k)
-    pipeline = Pipeline(Retriever(encoder, DenseIndex.load(out / "index"), ds), load_reader(args.reader),
-                        PipelineConfig(str(out / "index"), args.reader, k=args.k))
+    query = None if str(args.query_encoder).lower() == "none" else args.query_encoder
+    Pipeline.create(out / "pipeline", out / "index", args.reader, k=args.k, query_encoder=query)
+    retriever = Retriever.from_pretrained(out / "index", ds, query_encoder=query) if query else \
+        Retriever(encoder, DenseIndex.load(out / "index"), ds)
+    retriever.enable_hybrid()  # as Pipeline.from_pretrained does for the saved pipeline (PipelineConfig.hybrid)
+    pipeline = Pipeline(retriever, load_reader(args.reader),
+                        PipelineConfig(str(out / "index"), args.reader, query_encoder=query, k=args.k))
     questions = read_questions(data / "questions.jsonl")
     answers = pipeline.answer_batch([q.question for q in questions], [q.lang for q in questions])
     print(f"\nsample datastore: {len(ds)} passages in {len(ds.languages)} languages "
           f"({', '.join(ds.languages)}); {len(questions)} questions in "
-          f"{len({q.lang for q in questions})} languages; reader {args.reader}, k={args.k}\n")
+          f"{len({q.lang for q in questions})} languages; retrieval {args.encoder}"
+          + (f" + query tower {query}" if query else "") + f"; reader {args.reader}, k={args.k}\n")
     f1s = []
     for q, a in zip(questions, answers, strict=True):
         print(f"[{q.lang}] {q.question}")

@@ -25,6 +25,8 @@ def register(sub) -> None:
                    help="encode questions with this encoder instead of the index's own; it must share the index's "
                         "passage tower (e.g. 'mdpr-me5-small', a LoRA query tower, over a me5-small index)")
     p.add_argument("--no-text", action="store_true", help="omit passage text from the output")
+    p.add_argument("--hybrid", action="store_true",
+                   help="fuse BM25 into the ranking of questions whose language the datastore holds (RRF)")
     p.add_argument("--device", help="cpu or cuda")
     p.set_defaults(func=_retrieve)
 
@@ -40,7 +42,9 @@ def _retrieve(args) -> int:
     questions = read_questions(args.questions)
     retriever = Retriever.from_pretrained(args.index, datastore=args.datastore, device=args.device,
                                           query_encoder=args.query_encoder)
-    hits = retriever.search_batch([q.question for q in questions], k=args.k)
+    if args.hybrid:
+        retriever.enable_hybrid()
+    hits = retriever.search_batch([q.question for q in questions], k=args.k, langs=[q.lang for q in questions])
     lines = []
     for q, hs in zip(questions, hits, strict=True):
         lines.append(json.dumps({
