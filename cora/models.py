@@ -7,8 +7,10 @@ Pooling and prefixes are part of the saved :class:`~cora.config.EncoderConfig`, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -244,7 +246,8 @@ class Encoder:
         embeddings = self.model.get_input_embeddings()
         tower = copy.deepcopy(self.model, {id(embeddings): embeddings})  # shares the 250k-row embedding matrix
         lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS))
-        self.query_model = get_peft_model(tower, lora).to(self.device)
+        with _quiet_peft():
+            self.query_model = get_peft_model(tower, lora).to(self.device)
         # From now on the config's backbone names the passage weights (this encoder's own, which may be a
         # fine-tuned folder rather than the registered backbone it started from).
         self.config = replace(self.config, backbone=passage_tower(self.source, self.config),
@@ -356,7 +359,16 @@ def _query_tower(model, adapter: Path):
         raise CoraError(f"{adapter}: query adapter missing (no adapter_config.json)")
     embeddings = model.get_input_embeddings()
     tower = copy.deepcopy(model, {id(embeddings): embeddings})
-    return PeftModel.from_pretrained(tower, str(adapter), is_trainable=True)
+    with _quiet_peft():
+        return PeftModel.from_pretrained(tower, str(adapter), is_trainable=True)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft reads a transformers attribute that transformers deprecates; that warning is noise to our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 class _nullcontext:

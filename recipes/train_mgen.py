@@ -2,8 +2,8 @@
 language from retrieved multilingual passages, then score it on XQuAD dev with open retrieval.
 
 1. Training questions: XQuAD articles 0-31 in all 12 languages. Each is retrieved against the all-languages XQuAD
-   datastore of recipes/xquad_retrieval.py (with the pipeline's retrieval: mdpr-me5-small + BM25 where the
-   datastore holds the question's language), and gets CORA's training context: from the top ``--k`` passages,
+   datastore of recipes/xquad_retrieval.py (with the pipeline's retrieval: me5-small, and the mdpr-me5-small
+   query tower for questions in languages the datastore lacks), and gets CORA's training context: from the top ``--k`` passages,
    up to 3 that contain an answer (in any language: XQuAD's parallel answers), filled with the best-ranked others,
    shuffled (cora.reader.training_passages). The target is the gold answer in the question's language.
 2. Training: the one loop (cora.training.train) with Seq2SeqTask and --config (recipes/mgen_mt5_base.json);
@@ -82,7 +82,6 @@ def main(argv=None) -> int:
     for name, ds in stores.items():
         retrievers[name] = Retriever.from_pretrained(retrieval / f"index-{name}", ds, device=args.device,
                                                      query_encoder=args.query_encoder)
-        retrievers[name].enable_hybrid()
 
     cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
     extra = [a for a in args.extra if a != "--"]

@@ -96,7 +96,7 @@ def run_open(args, reader, dev, results) -> None:
                   for s, ds in stores.items()}
     results["retrieval"] = args.query_encoder or args.encoder
     hybrid = Retriever.from_pretrained(retrieval / "index-all-languages", linked, query_encoder=args.query_encoder)
-    hybrid.enable_hybrid()  # the pipeline's default: BM25 fused in where the datastore holds the question's language
+    hybrid.enable_hybrid()  # PipelineConfig.hybrid: BM25 fused in where the datastore holds the question's language
     runs = [("all-languages", stores["all-languages"], retrievers["all-languages"], ("reread", "align")),
             ("all-languages, hybrid", linked, hybrid, ("reread",)),
             ("english-only", stores["english-only"], retrievers["english-only"], ("reread", "align"))]
@@ -129,7 +129,8 @@ def run_open(args, reader, dev, results) -> None:
         print("projection fired:", json.dumps(fire, indent=1))
 
     # Latency of the public API on the all-languages datastore, one question at a time.
-    pipe = Pipeline(hybrid, reader, PipelineConfig(str(retrieval / "index-all-languages"), args.reader, k=args.k))
+    pipe = Pipeline(retrievers["all-languages"], reader,
+                    PipelineConfig(str(retrieval / "index-all-languages"), args.reader, k=args.k))
     sample = dev[:: max(1, len(dev) // 60)]
     pipe.answer(sample[0].question, sample[0].question_lang)  # warm-up
     times = []

@@ -246,9 +246,9 @@ def test_pipeline_save_load_round_trip_and_cli(tiny_reader, datastore, tiny_enco
     build_index(datastore, tiny_encoder, tmp_path / "index", str(tiny_encoder_dir), factory="Flat",
                 show_progress=False)
     tiny_reader.save_pretrained(tmp_path / "reader")
-    Pipeline.create(tmp_path / "pipe", tmp_path / "index", tmp_path / "reader", k=3, hybrid=False)
+    Pipeline.create(tmp_path / "pipe", tmp_path / "index", tmp_path / "reader", k=3)
     pipe = Pipeline.from_pretrained(tmp_path / "pipe", device="cpu")
-    assert pipe.retriever.bm25 is None  # the saved choice is restored (the default fuses BM25 in)
+    assert pipe.retriever.bm25 is None  # dense by default
     answer = pipe.answer("der mond umkreist die erde", lang="de")
     hits = pipe.retriever.search("der mond umkreist die erde", k=3)
     direct = tiny_reader.read("der mond umkreist die erde", datastore.rows([h.row for h in hits]), "de")
@@ -292,9 +292,9 @@ def test_pipeline_with_a_query_encoder_over_the_backbone_index(tiny_reader, data
     query.save_pretrained(tmp_path / "query")
     tiny_reader.save_pretrained(tmp_path / "reader")
     Pipeline.create(tmp_path / "pipe", tmp_path / "index", tmp_path / "reader", k=3,
-                    query_encoder=str(tmp_path / "query"))
+                    query_encoder=str(tmp_path / "query"), hybrid=True)
     pipe = Pipeline.from_pretrained(tmp_path / "pipe", device="cpu")
-    assert pipe.config.hybrid and pipe.retriever.bm25 is not None
+    assert pipe.config.hybrid and pipe.retriever.bm25 is not None  # the saved choice is restored
     got = pipe.retriever.encoder.encode_queries(["tee"])
     np.testing.assert_allclose(got, query.encode_queries(["tee"]), atol=1e-6)
     assert not np.allclose(got, tiny_encoder.encode_queries(["tee"]))

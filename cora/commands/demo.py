@@ -53,7 +53,6 @@ def run_demo(args) -> int:
     Pipeline.create(out / "pipeline", out / "index", args.reader, k=args.k, query_encoder=query)
     retriever = Retriever.from_pretrained(out / "index", ds, query_encoder=query) if query else \
         Retriever(encoder, DenseIndex.load(out / "index"), ds)
-    retriever.enable_hybrid()  # as Pipeline.from_pretrained does for the saved pipeline (PipelineConfig.hybrid)
     pipeline = Pipeline(retriever, load_reader(args.reader),
                         PipelineConfig(str(out / "index"), args.reader, query_encoder=query, k=args.k))
     questions = read_questions(data / "questions.jsonl")
