@@ -88,6 +88,10 @@ class IterateConfig:
                 "language's only (0 for an adapter scoped 'cross-lingual')"})
     evaluate_main: bool = field(default=True, metadata={
         "help": "also evaluate on the mined datastore (off when eval_datastores already hold the benchmark ones)"})
+    query_adapter_scope: str | None = field(default=None, metadata={
+        "help": "retriever_tower 'query', when the round-0 encoder has no query tower yet: which questions the new "
+                "adapter encodes, 'all' or 'cross-lingual' (only those whose language the searched datastore lacks; "
+                "the others use the backbone). Default 'all'; an encoder that has an adapter keeps its own scope"})
     index_factory: str = field(default="Flat", metadata={"help": "FAISS factory of every round's index"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and data order"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
@@ -102,8 +106,22 @@ class IterateConfig:
             raise CoraError(f"label_depth ({self.label_depth}) cannot exceed retrieve_k ({self.retrieve_k})")
         if self.retriever_tower not in ("shared", "query"):
             raise CoraError(f"retriever_tower must be 'shared' or 'query', got {self.retriever_tower!r}")
+        if self.query_adapter_scope not in (None, "all", "cross-lingual"):
+            raise CoraError(f"query_adapter_scope must be 'all' or 'cross-lingual', got {self.query_adapter_scope!r}")
         if not 0 <= self.reader_positives <= self.reader_k:
             raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
+
+
+def _config_defaults() -> dict:
+    out = {}
+    for f in dataclasses.fields(IterateConfig):
+        if f.name in _FREE_FIELDS:
+            continue
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 # ------------------------------------------------------------------------------------ pure mining rules
@@ -192,8 +210,9 @@ class Loop:
         mine = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in _FREE_FIELDS}
         path = folder / CONFIG_FILE
         if path.exists():
-            theirs = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items()
-                      if k not in _FREE_FIELDS and k != "type"}
+            # A field added after the folder was written counts as its default there.
+            theirs = _config_defaults() | {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items()
+                                           if k not in _FREE_FIELDS and k != "type"}
             differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             if differ:
                 raise CoraError(f"{folder} was written with a different configuration ({', '.join(differ)} "
@@ -379,6 +398,8 @@ class Loop:
 
             if encoder.query_model is None:
                 encoder.add_query_adapter(rank=self.cfg.lora_rank)
+                encoder.config = dataclasses.replace(encoder.config,
+                                                     query_adapter_scope=self.cfg.query_adapter_scope or "all")
             index = DenseIndex.load(self.out / "round_0" / "index")
             vectors = index.index.reconstruct_n(0, len(index))
             task = QueryTowerTask(encoder, examples, tcfg.batch_size, self.datastore, vectors, None,

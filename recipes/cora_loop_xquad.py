@@ -57,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--retriever-steps", type=int, default=60)
     ap.add_argument("--reader-steps", type=int, default=60)
+    ap.add_argument("--adapter-scope", choices=["all", "cross-lingual"],
+                    help="when --encoder has no query tower (e.g. me5-small): the scope of the one round 1 creates")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
         eval_datastores={name: str(folder) for name, folder in stores.items()}, evaluate_main=False,
         retrieve_k=20, label_depth=5, hard_negatives=3, reader_k=4, reader_positives=2, eval_k=5,
         recall_ks=[1, 5, 20], retriever_tower="query", query_all_weight=0.0, temperature=0.02,
+        query_adapter_scope=args.adapter_scope,
         retriever_train={"batch_size": 32, "max_steps": args.retriever_steps, "lr": 1e-4, "warmup_ratio": 0.1,
                          "eval_every": 10**6, "save_every": 20},
         reader_train={"batch_size": 8, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,

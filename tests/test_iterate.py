@@ -227,6 +227,7 @@ def test_query_tower_rounds_train_an_adapter_and_never_re_encode(loop_config, tm
     from cora.models import QUERY_ADAPTER_DIR, Encoder
 
     cfg = IterateConfig(**{**loop_config, "retriever_tower": "query", "lora_rank": 4,
+                           "query_adapter_scope": "cross-lingual",
                            "retriever_train": {**loop_config["retriever_train"], "lr": 1e-2}})
     builds = []
     real_build = build_index
@@ -245,7 +246,22 @@ def test_query_tower_rounds_train_an_adapter_and_never_re_encode(loop_config, tm
     r1, r2 = (Encoder.from_pretrained(str(run / f"round_{k}" / "retriever"), device="cpu") for k in (1, 2))
     plain = Encoder.from_pretrained(loop_config["encoder"], device="cpu")
     q = ["where is the nile river"]
+    assert r1.config.query_adapter_scope == r2.config.query_adapter_scope == "cross-lingual"
     assert not np.allclose(r1.encode_queries(q), plain.encode_queries(q))
     assert not np.allclose(r2.encode_queries(q), r1.encode_queries(q))
     with pytest.raises(CoraError, match="retriever_tower"):
         IterateConfig(**{**loop_config, "retriever_tower": "both"})
+    with pytest.raises(CoraError, match="query_adapter_scope"):
+        IterateConfig(**{**loop_config, "query_adapter_scope": "same-language"})
+
+
+def test_a_folder_from_before_a_new_option_resumes_but_a_changed_option_is_refused(loop_config, tmp_path):
+    cfg = IterateConfig(**{**loop_config, "rounds": 0})
+    Loop(cfg).run()
+    path = tmp_path / "run" / "round_0" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["query_adapter_scope"]  # as written before the option existed: it counts as its default
+    path.write_text(json.dumps(saved))
+    Loop(cfg).run()
+    with pytest.raises(CoraError, match="query_adapter_scope"):
+        Loop(IterateConfig(**{**loop_config, "rounds": 0, "query_adapter_scope": "all"})).run()
