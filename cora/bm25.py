@@ -54,15 +54,15 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], k: int = 60, top: 
 
     Ties keep the order in which items first appear (the first ranking wins), so the result is deterministic.
     """
-    scores = reciprocal_rank_fusion_scores(rankings, k)
-    fused = sorted(scores, key=lambda d: -scores[d])  # sorted is stable: first-seen order breaks ties
-    return fused[:top] if top else fused
+    return [item for item, _ in reciprocal_rank_fusion_scores(rankings, k, top)]
 
 
-def reciprocal_rank_fusion_scores(rankings: Sequence[Sequence[int]], k: int = 60) -> dict[int, float]:
-    """item -> sum over rankings of 1 / (k + rank), in first-seen order."""
+def reciprocal_rank_fusion_scores(rankings: Sequence[Sequence[int]], k: int = 60,
+                                  top: int | None = None) -> list[tuple[int, float]]:
+    """:func:`reciprocal_rank_fusion` with the fused scores: ``(item, score)``, best first."""
     scores: dict[int, float] = {}
     for ranking in rankings:
         for rank, item in enumerate(ranking, 1):
             scores[int(item)] = scores.get(int(item), 0.0) + 1.0 / (k + rank)
-    return scores
+    fused = sorted(scores.items(), key=lambda kv: -kv[1])  # sorted is stable: first-seen order breaks ties
+    return fused[:top] if top else fused

@@ -19,7 +19,6 @@ from cora.retriever import Retriever
 logger = logging.getLogger(__name__)
 
 PIPELINE_FILE = "pipeline.json"
-HYBRID_MAX_PASSAGES = 1_000_000
 
 
 @dataclass
@@ -63,11 +62,7 @@ class Pipeline:
             query = str(resolve(query))
         retriever = Retriever.from_pretrained(resolve(config.index), device=device, query_encoder=query)
         if config.hybrid:
-            if len(retriever.datastore) <= HYBRID_MAX_PASSAGES:
-                retriever.enable_hybrid()
-            else:
-                logger.warning("hybrid retrieval skipped: %d passages is more than BM25 in memory serves "
-                               "(%d); searching dense only", len(retriever.datastore), HYBRID_MAX_PASSAGES)
+            retriever.enable_hybrid()
         reader = config.reader if config.reader in SHIPPED_READERS else resolve(config.reader)
         return cls(retriever, load_reader(reader, device=device), config)
 

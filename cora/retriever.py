@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cora.bm25 import reciprocal_rank_fusion, reciprocal_rank_fusion_scores
+from cora.bm25 import reciprocal_rank_fusion_scores
 from cora.config import EncoderConfig
 from cora.datastore import Datastore
 from cora.errors import CoraError
@@ -40,6 +40,7 @@ class SearchHit:
 
 
 FUSION_DEPTH = 100  # each ranking's top 100 enter the reciprocal-rank fusion (hybrid retrieval)
+HYBRID_MAX_PASSAGES = 1_000_000  # BM25 for hybrid retrieval is held in memory: not built above this
 
 
 class Retriever:
@@ -54,14 +55,20 @@ class Retriever:
         if hybrid:
             self.enable_hybrid()
 
-    def enable_hybrid(self) -> None:
+    def enable_hybrid(self) -> bool:
         """Fuse BM25 into the ranking of questions whose language the datastore holds (reciprocal-rank fusion of
         the top 100 of each). BM25 cannot match across scripts, so a question in a language the datastore lacks
-        stays dense-only. Builds the BM25 index in memory (fine up to about a million passages)."""
+        stays dense-only. The BM25 index is built in memory, so above HYBRID_MAX_PASSAGES it is not built and
+        retrieval stays dense (logged); returns whether hybrid retrieval is on."""
         from cora.bm25 import BM25Index
 
         if self.bm25 is None:
+            if len(self.datastore) > HYBRID_MAX_PASSAGES:
+                logger.warning("hybrid retrieval skipped: %d passages is more than BM25 in memory serves (%d); "
+                               "searching dense only", len(self.datastore), HYBRID_MAX_PASSAGES)
+                return False
             self.bm25 = BM25Index(self.datastore)
+        return True
 
     @classmethod
     def from_pretrained(
@@ -128,9 +135,8 @@ class Retriever:
                                           k=FUSION_DEPTH)
             for i, lex in zip(native, lexical, strict=True):
                 rankings = [[int(r) for r in rows[i] if r >= 0], [int(r) for r in lex]]
-                fused = reciprocal_rank_fusion(rankings, top=k)
-                fused_scores = reciprocal_rank_fusion_scores(rankings)
-                out[i] = self._hits([fused_scores[r] for r in fused], fused)
+                fused = reciprocal_rank_fusion_scores(rankings, top=k)
+                out[i] = self._hits([score for _, score in fused], [row for row, _ in fused])
         return out
 
     def _encode(self, questions: list[str], native: list[int], batch_size: int):

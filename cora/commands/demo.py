@@ -34,12 +34,10 @@ def register(sub) -> None:
 def run_demo(args) -> int:
     from cora.datastore import Datastore, read_jsonl
     from cora.evaluation.xor import score_one
-    from cora.index import DenseIndex, build_index
+    from cora.index import build_index
     from cora.models import Encoder, cora_home
-    from cora.pipeline import Pipeline, PipelineConfig
+    from cora.pipeline import Pipeline
     from cora.questions import read_questions
-    from cora.reader import load_reader
-    from cora.retriever import Retriever
 
     data = Path(args.data)
     if not (data / "passages.jsonl").exists():
@@ -51,10 +49,7 @@ def run_demo(args) -> int:
     build_index(ds, encoder, out / "index", args.encoder, factory="Flat", show_progress=False)
     query = None if str(args.query_encoder).lower() == "none" else args.query_encoder
     Pipeline.create(out / "pipeline", out / "index", args.reader, k=args.k, query_encoder=query)
-    retriever = Retriever.from_pretrained(out / "index", ds, query_encoder=query) if query else \
-        Retriever(encoder, DenseIndex.load(out / "index"), ds)
-    pipeline = Pipeline(retriever, load_reader(args.reader),
-                        PipelineConfig(str(out / "index"), args.reader, query_encoder=query, k=args.k))
+    pipeline = Pipeline.from_pretrained(out / "pipeline")
     questions = read_questions(data / "questions.jsonl")
     answers = pipeline.answer_batch([q.question for q in questions], [q.lang for q in questions])
     print(f"\nsample datastore: {len(ds)} passages in {len(ds.languages)} languages "
