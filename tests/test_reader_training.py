@@ -74,6 +74,48 @@ def test_partial_finetune_trains_top_layers_only_and_saves_a_delta(partial_reade
     assert a.score == pytest.approx(b.score, abs=1e-2)
 
 
+def test_q4_residual_delta_is_small_and_reads_like_the_model(partial_reader, tmp_path):
+    from safetensors.torch import load_file
+
+    from cora.reader.extractive import Q4_SUFFIX
+
+    model = partial_reader.model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = partial_reader.batch_loss([("was umkreist die erde", [MOON, TEA], ["Der Mond"])])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    partial_reader.save_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    partial_reader.save_pretrained(tmp_path / "q4", q4_residuals=True)
+    stored = load_file(str(tmp_path / "q4" / DELTA_FILE))
+    matrices = {k for k, v in model.state_dict().items() if ".layer.1." in k and v.ndim == 2}
+    assert {k.removesuffix(Q4_SUFFIX) for k in stored if k.endswith(Q4_SUFFIX)} == matrices
+    assert (tmp_path / "q4" / DELTA_FILE).stat().st_size < (tmp_path / "fp16" / DELTA_FILE).stat().st_size / 2
+
+    again = load_reader(tmp_path / "q4", device="cpu").model.state_dict()
+    state = model.state_dict()
+    from cora.models import _load_hf_encoder, resolve_backbone
+
+    base = {f"encoder.{k}": v for k, v in
+            _load_hf_encoder(resolve_backbone(partial_reader.config.model))[0].state_dict().items()}
+    for k, v in state.items():
+        if k in matrices:  # off by at most half a quantisation step of the residual's block
+            residual = (v - base[k]).abs().max()
+            assert (again[k] - v).abs().max() <= residual / 14 + 1e-3
+        elif ".layer.1." in k or k.startswith("head."):
+            assert torch.allclose(again[k], v, atol=1e-3)
+        else:
+            assert torch.equal(again[k], v)
+    a = partial_reader.read("was umkreist die erde", [MOON, TEA], "de")
+    b = load_reader(tmp_path / "q4", device="cpu").read("was umkreist die erde", [MOON, TEA], "de")
+    assert (a.text, a.evidence[0].passage_id) == (b.text, b.evidence[0].passage_id)
+    trainable, partial_reader.config.trainable_layers = partial_reader.config.trainable_layers, None
+    with pytest.raises(CoraError, match="q4_residuals"):
+        partial_reader.save_pretrained(tmp_path / "full", q4_residuals=True)
+    partial_reader.config.trainable_layers = trainable
+
+
 def test_delta_for_another_model_is_refused(partial_reader, tmp_path):
     from safetensors.torch import save_file
 

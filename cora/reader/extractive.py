@@ -81,17 +81,23 @@ class ExtractiveReader:
         model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         return cls(model, tokenizer, config, device)
 
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                        q4_residuals: bool = False) -> None:
         """Save the reader. With ``trainable_layers`` set only the trained weights are written (in ``dtype``);
-        loading rebuilds the rest from the backbone named in the config."""
+        loading rebuilds the rest from the backbone named in the config. ``q4_residuals`` stores each trained
+        matrix as its difference from the backbone's, in 4-bit blocks (:func:`cora.convert.quantize_q4`): a
+        quarter of fp16's size, and the rounding falls on the small fine-tuning change, not on the weights."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.config.trainable_layers is not None:
-            state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in trained_state(self.model).items()}
+            state = (q4_residual_state(self.model, self.config.model) if q4_residuals else
+                     {k: v.detach().to(dtype).contiguous().cpu() for k, v in trained_state(self.model).items()})
             save_file(state, str(folder / DELTA_FILE), metadata={"backbone": self.config.model})
         else:
+            if q4_residuals:
+                raise CoraError("q4_residuals needs a partially trained reader (trainable_layers)")
             self.model.encoder.save_pretrained(folder / "encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(folder / "encoder")
             save_file({k: v.contiguous().cpu() for k, v in self.model.head.state_dict().items()},
@@ -217,16 +223,51 @@ def trained_state(model: SpanModel) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k in names}
 
 
+Q4_SUFFIX = ".q4r"  # a delta entry holding a matrix's 4-bit residual against the backbone, not the matrix
+
+
+def q4_residual_state(model: SpanModel, backbone: str) -> dict[str, torch.Tensor]:
+    """The trained state with every matrix the backbone also has replaced by ``name.q4r``: Q4_0 blocks of
+    (trained - backbone); other entries (biases, norms, the span head) in fp16."""
+    from cora.convert import QK, quantize_q4
+    from cora.models import _load_hf_encoder, resolve_backbone
+
+    base, _ = _load_hf_encoder(resolve_backbone(backbone))
+    base_state = {f"encoder.{k}": v for k, v in base.state_dict().items()}
+    out = {}
+    for k, v in trained_state(model).items():
+        v = v.detach().float().cpu()
+        if v.ndim == 2 and k in base_state and v.numel() % QK == 0:
+            raw = quantize_q4((v - base_state[k].float()).numpy())
+            out[k + Q4_SUFFIX] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        else:
+            out[k] = v.half().contiguous()
+    return out
+
+
 def load_delta(model: SpanModel, path: Path) -> None:
-    """Overwrite the model's fine-tuned weights from a delta file; every key must exist in the model."""
+    """Overwrite the model's fine-tuned weights from a delta file; every key must exist in the model. ``.q4r``
+    entries are residuals added to the model's current weights, which must be the backbone's (a model just
+    built from it)."""
     from safetensors.torch import load_file
+
+    from cora.convert import dequantize_q4
 
     state = load_file(str(path))
     own = model.state_dict()
-    unknown = sorted(set(state) - set(own))
+    names = {k.removesuffix(Q4_SUFFIX) for k in state}
+    unknown = sorted(names - set(own))
     if unknown or "head.weight" not in state:
         raise CoraError(f"{path}: does not fit this backbone (unknown keys {unknown[:3]}, or no span head)")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    weights = {}
+    for k, v in state.items():
+        if k.endswith(Q4_SUFFIX):
+            k = k.removesuffix(Q4_SUFFIX)
+            residual = dequantize_q4(v.numpy().tobytes(), own[k].numel()).reshape(own[k].shape)
+            weights[k] = own[k] + torch.from_numpy(residual).to(own[k].dtype)
+        else:
+            weights[k] = v.to(own[k].dtype)
+    model.load_state_dict(weights, strict=False)
 
 
 def gold_token_marks(
