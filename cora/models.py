@@ -202,7 +202,10 @@ def _load_hf_encoder(path_or_id: str):
 class Encoder:
     """Wraps a Hugging Face encoder: text -> pooled (optionally normalised) vectors."""
 
-    def __init__(self, model, tokenizer, config: EncoderConfig, device: str | None = None, query_model=None):
+    def __init__(self, model, tokenizer, config: EncoderConfig, device: str | None = None, query_model=None,
+                 precision: str | None = None):
+        from cora.precision import resolve_precision
+
         self.model, self.tokenizer, self.config = model, tokenizer, config
         # None: one tower for questions and passages. Else a separate query tower (the backbone plus a LoRA
         # adapter, see add_query_adapter) sharing the token embeddings with the passage tower.
@@ -210,23 +213,26 @@ class Encoder:
         self.source = config.backbone  # the name or folder the passage weights were loaded from
         self.pool = get_pooling(config.pooling)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)  # 'bf16' or 'fp32' (see cora.precision)
         self.model.to(self.device)
         if query_model is not None:
             query_model.to(self.device)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str | None = None, **overrides) -> Encoder:
+    def from_pretrained(cls, name_or_path: str, device: str | None = None, precision: str | None = None,
+                        **overrides) -> Encoder:
         """Load a registered name, HF id, shipped encoder, or a folder saved by :meth:`save_pretrained`
-        (restoring its config; a query adapter is loaded onto a separate query tower)."""
+        (restoring its config; a query adapter is loaded onto a separate query tower). ``precision``: 'auto'
+        (bf16 where the device runs it natively), 'bf16' or 'fp32'."""
         config = replace(encoder_config_for(name_or_path), **overrides)
         folder = encoder_folder(name_or_path)
         if folder is not None and config.query_adapter:
             model, tokenizer = _load_hf_encoder(resolve_backbone(config.backbone))
-            encoder = cls(model, tokenizer, config, device)
+            encoder = cls(model, tokenizer, config, device, precision=precision)
             encoder.query_model = _query_tower(model, folder / config.query_adapter).to(encoder.device)
             return encoder
         model, tokenizer = _load_hf_encoder(str(folder) if folder is not None else resolve_backbone(name_or_path))
-        encoder = cls(model, tokenizer, config, device)
+        encoder = cls(model, tokenizer, config, device, precision=precision)
         encoder.source = name_or_path
         return encoder
 
@@ -274,6 +280,7 @@ class Encoder:
         # Per-channel weight scales: one scale per output row loses less than one per matrix.
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+        self.precision = "fp32"  # int8 kernels take fp32 activations
         return self
 
     @property
@@ -329,7 +336,9 @@ class Encoder:
         order = np.argsort([len(x) for x in ids], kind="stable")[::-1]
         tower = tower or kind
         self.tower(tower).eval()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _nullcontext()
+        from cora.precision import autocast as precision_autocast
+
+        autocast = precision_autocast(self.precision, self.device)
         bar = tqdm(total=len(texts), desc=f"encode {kind}s", unit=kind[0], disable=not show_progress)
         with autocast:
             for start in range(0, len(order), batch_size):
@@ -370,10 +379,3 @@ def _quiet_peft():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
 
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -47,7 +47,10 @@ class Pipeline:
         self.retriever, self.reader, self.config = retriever, reader, config
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None) -> Pipeline:
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None,
+                        precision: str | None = None) -> Pipeline:
+        """Load a pipeline folder. ``precision`` ('auto', 'bf16', 'fp32'; default $CORA_PRECISION or 'auto') is
+        that of encoding questions and reading: 'auto' is bf16 on GPUs and CPUs with native bf16."""
         folder = Path(folder)
         if not (folder / PIPELINE_FILE).exists():
             raise CoraError(f"{folder} is not a cora pipeline (no {PIPELINE_FILE}); create one with "
@@ -60,11 +63,12 @@ class Pipeline:
         query = config.query_encoder
         if query is not None and query not in SHIPPED_ENCODERS:
             query = str(resolve(query))
-        retriever = Retriever.from_pretrained(resolve(config.index), device=device, query_encoder=query)
+        retriever = Retriever.from_pretrained(resolve(config.index), device=device, query_encoder=query,
+                                              precision=precision)
         if config.hybrid:
             retriever.enable_hybrid()
         reader = config.reader if config.reader in SHIPPED_READERS else resolve(config.reader)
-        return cls(retriever, load_reader(reader, device=device), config)
+        return cls(retriever, load_reader(reader, device=device, precision=precision), config)
 
     @staticmethod
     def create(folder: str | os.PathLike, index: str | os.PathLike, reader: str | os.PathLike = DEFAULT_READER,
@@ -99,11 +103,12 @@ class Pipeline:
                                                                                           strict=True)]
         hits = self.retriever.search_batch(list(questions), k=k, langs=langs)
         datastore = self.retriever.datastore
-        answers = []
-        for q, lang, hs in zip(questions, langs, hits, strict=True):
-            passages = datastore.rows([h.row for h in hs])
-            answer = self.reader.read(q, passages, lang)
-            if self.config.projection:
-                answer = project_answer(self.reader, q, answer, datastore, self.config.projection_method)
-            answers.append(answer)
+        passages = [datastore.rows([h.row for h in hs]) for hs in hits]
+        if hasattr(self.reader, "read_batch"):  # all questions' passages read together, sorted by length
+            answers = self.reader.read_batch(list(questions), passages, langs)
+        else:
+            answers = [self.reader.read(q, ps, lang) for q, ps, lang in zip(questions, passages, langs, strict=True)]
+        if self.config.projection:
+            answers = [project_answer(self.reader, q, a, datastore, self.config.projection_method)
+                       for q, a in zip(questions, answers, strict=True)]
         return answers

@@ -73,7 +73,7 @@ class Retriever:
     @classmethod
     def from_pretrained(
         cls, index_dir: str | os.PathLike, datastore: str | os.PathLike | Datastore | None = None,
-        device: str | None = None, query_encoder: str | None = None,
+        device: str | None = None, query_encoder: str | None = None, precision: str | None = None,
     ) -> Retriever:
         """Load an index folder, its encoder (with the saved encoder config) and its datastore.
 
@@ -91,13 +91,13 @@ class Retriever:
         ds = datastore if isinstance(datastore, Datastore) else Datastore(datastore)
         saved = EncoderConfig(**cfg.encoder_config)
         if query_encoder is not None:
-            encoder = Encoder.from_pretrained(query_encoder, device=device)
+            encoder = Encoder.from_pretrained(query_encoder, device=device, precision=precision)
             check_shares_passages(cfg.encoder, saved, query_encoder, encoder.config)
             return cls(encoder, index, ds)
-        encoder = Encoder.from_pretrained(cfg.encoder, device=device)
+        encoder = Encoder.from_pretrained(cfg.encoder, device=device, precision=precision)
         if encoder.config != saved:
             # The index was built with explicit overrides: search must use the same prefixes/pooling.
-            encoder = Encoder(encoder.model, encoder.tokenizer, saved, device)
+            encoder = Encoder(encoder.model, encoder.tokenizer, saved, device, precision=precision)
         return cls(encoder, index, ds)
 
     def search(self, question: str, k: int = 10, lang: str | None = None) -> list[SearchHit]:

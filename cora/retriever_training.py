@@ -199,7 +199,7 @@ class RetrieverTask:
     def evaluate(self) -> dict[str, float]:
         """Recall@1/5 of the gold group on the dev questions against the dev datastore (exact search)."""
         if self.dev is None:
-            return {"metric": 0.0}
+            return {"metric": None}
         out = dev_recall(self.encoder, *self.dev)
         return {"metric": out["R@1"], **out}
 
@@ -350,7 +350,7 @@ class QueryTowerTask:
         the mean of the two recall@1 (a fine-tune that trades one setting for the other does not count as
         progress), or one of them ('pivot': for a tower used only cross-lingually)."""
         if self.dev is None:
-            return {"metric": 0.0}
+            return {"metric": None}
         questions, ds = self.dev
         out = dev_recall(self.encoder, questions, ds, self.dev_vectors, self.dev_pivot)
         pivot = f"R@1 {self.dev_pivot}"

@@ -1,8 +1,12 @@
 """The one training loop (retriever now, reader later), readable top to bottom.
 
-AdamW with linear warmup and decay, gradient accumulation, clipping, bf16 autocast on GPU, periodic dev
+AdamW with linear warmup and decay, gradient accumulation, clipping, bf16 autocast wherever the device runs it
+natively (CUDA, and CPUs with AVX-512 BF16 / AMX; weights, gradients and optimizer state stay fp32), periodic dev
 evaluation with best-checkpoint saving, and resume after an interruption with the same data order: the data
 order of epoch e is a pure function of (seed, e), and the loop skips the batches a resumed run has already seen.
+An epoch whose batch count is not a multiple of ``grad_accum`` ends with a smaller optimizer step over its
+leftover batches (its gradient rescaled to a mean), never carried into the next epoch. A task without a dev set
+(``evaluate`` returns ``metric`` None) keeps its latest evaluation as ``best/``.
 What is specific to a model lives in a small task object (its batches, its loss, its dev metric, how it saves).
 
 Checkpoint layout under ``output_dir``::
@@ -48,7 +52,12 @@ class TrainConfig:
     save_every: int = field(default=100, metadata={"help": "optimizer steps between resumable checkpoints"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between log lines"})
     seed: int = field(default=0, metadata={"help": "seed of the data order and sampling"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (ignored on CPU)"})
+    precision: str = field(default="auto", metadata={
+        "help": "'auto' (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), 'bf16' or 'fp32'; "
+                "weights and optimizer state are fp32 either way"})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "stop (after a checkpoint) once this many minutes have passed in this process: a slice of a long "
+                "run, resumed by rerunning the same command"})
 
 
 class Task(Protocol):
@@ -60,7 +69,7 @@ class Task(Protocol):
 
     def loss(self, batch) -> torch.Tensor: ...
 
-    def evaluate(self) -> dict[str, float]: ...  # must contain "metric" (higher is better)
+    def evaluate(self) -> dict[str, float]: ...  # "metric": higher is better; None when there is no dev set
 
     def parameters(self) -> Iterator[torch.nn.Parameter]: ...
 
@@ -72,11 +81,14 @@ class Task(Protocol):
 
 
 def train(task: Task, cfg: TrainConfig) -> dict:
+    from cora.precision import autocast, resolve_precision
+
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "train_config.json")
-    device_type = next(task.module().parameters()).device.type
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device_type == "cuda")
+    device = next(task.module().parameters()).device
+    precision = resolve_precision(cfg.precision, device)
+    logger.info("training in %s on %s", precision, device)
 
     params = [p for p in task.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -103,50 +115,75 @@ def train(task: Task, cfg: TrainConfig) -> dict:
 
     log = open(out / "log.jsonl", "a", encoding="utf-8")
     t_start, examples_start = time.time(), state["examples"]
+    deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    window = {"loss": 0.0, "n": 0}  # micro-batch losses since the last log line
+    stopped = False
+
+    def optimizer_step(micro_batches: int) -> bool:
+        """One update from ``micro_batches`` accumulated micro-batches; logging, evaluation, checkpoints.
+        Returns True when the run is over (total steps reached or this slice's time is up)."""
+        nonlocal stopped
+        if micro_batches != cfg.grad_accum:  # an epoch's leftover: its gradient is a mean over what it has
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(cfg.grad_accum / micro_batches)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        step = state["step"]
+        if step % cfg.log_every == 0:
+            rate = (state["examples"] - examples_start) / max(1e-9, time.time() - t_start)
+            _log(log, {"step": step, "loss": window["loss"] / max(1, window["n"]), "lr": scheduler.get_last_lr()[0],
+                       "examples": state["examples"], "examples_per_s": round(rate, 2)})
+            window.update(loss=0.0, n=0)
+        if step % cfg.eval_every == 0 or step == total:
+            metrics = task.evaluate()
+            task.module().train()
+            _log(log, {"step": step, "examples": state["examples"], "eval": metrics})
+            metric = metrics.get("metric")
+            if metric is None or metric > state["best"]:  # no dev set: the latest evaluation is the best known
+                state["best"] = -math.inf if metric is None else metric
+                with atomic_dir(out / "best", overwrite=True) as tmp:
+                    task.save(tmp)
+                    atomic_write_json(tmp / "metrics.json", {"step": step, "examples": state["examples"], **metrics})
+        if time.time() >= deadline:
+            stopped = True
+        if step % cfg.save_every == 0 or step == total or stopped:
+            _checkpoint(out, task, optimizer, scheduler, state)
+        return step >= total or stopped
+
     done = state["step"] >= total
     while not done and state["epoch"] < cfg.epochs:
         task.module().train()
         rng = random.Random(cfg.seed * 1_000_003 + state["epoch"])  # data order: a function of (seed, epoch)
+        pending = 0  # micro-batches accumulated since the last optimizer step
         for i, batch in enumerate(task.batches(state["epoch"], rng)):
             if i < state["batch"]:
                 continue  # seen before the interruption: the same batch, skipped
-            with autocast:
-                loss = task.loss(batch) / cfg.grad_accum
-            loss.backward()
+            with autocast(precision, device):
+                loss = task.loss(batch)
+            (loss / cfg.grad_accum).backward()
+            window["loss"] += float(loss.detach())
+            window["n"] += 1
+            pending += 1
             state["batch"] = i + 1
             state["examples"] += len(batch) if hasattr(batch, "__len__") else 1
             if state["batch"] % cfg.grad_accum:
                 continue
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            step = state["step"]
-            if step % cfg.log_every == 0:
-                rate = (state["examples"] - examples_start) / max(1e-9, time.time() - t_start)
-                _log(log, {"step": step, "loss": loss.item() * cfg.grad_accum, "lr": scheduler.get_last_lr()[0],
-                           "examples_per_s": round(rate, 2)})
-            if step % cfg.eval_every == 0 or step == total:
-                metrics = task.evaluate()
-                task.module().train()
-                _log(log, {"step": step, "eval": metrics})
-                if metrics["metric"] > state["best"]:
-                    state["best"] = metrics["metric"]
-                    with atomic_dir(out / "best", overwrite=True) as tmp:
-                        task.save(tmp)
-                        atomic_write_json(tmp / "metrics.json", {"step": step, **metrics})
-            if step % cfg.save_every == 0 or step == total:
-                _checkpoint(out, task, optimizer, scheduler, state)
-            if step >= total:
+            pending = 0
+            if optimizer_step(cfg.grad_accum):
                 done = True
                 break
         else:
+            if pending and optimizer_step(pending):
+                done = True
             state["epoch"] += 1
             state["batch"] = 0
             _checkpoint(out, task, optimizer, scheduler, state)
     log.close()
-    return {"steps": state["step"], "best_metric": state["best"], "output_dir": str(out),
+    return {"steps": state["step"], "best_metric": state["best"], "output_dir": str(out), "finished": not stopped,
             "examples_per_s": (state["examples"] - examples_start) / max(1e-9, time.time() - t_start)}
 
 

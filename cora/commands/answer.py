@@ -39,6 +39,10 @@ def register(sub) -> None:
     a.add_argument("--out", required=True, help="predictions JSON to write ({id: answer})")
     a.add_argument("--details", help="also write one JSON line per question with evidence and scores")
     a.add_argument("--k", type=int, help="passages read per question (default: the pipeline's)")
+    a.add_argument("--batch-size", type=int, default=32,
+                   help="questions retrieved and read together (default 32; 1 = one at a time)")
+    a.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="'auto' (default): bf16 on GPUs and on CPUs with native bf16, else fp32")
     a.add_argument("--device", help="cpu or cuda")
     a.set_defaults(func=_answer)
 
@@ -62,12 +66,19 @@ def _answer(args) -> int:
     questions = read_questions(args.questions)
     if not questions:
         raise CoraError(f"{args.questions}: no questions")
-    pipeline = Pipeline.from_pretrained(args.pipeline, device=args.device)
+    if args.batch_size < 1:
+        raise CoraError(f"--batch-size must be at least 1, got {args.batch_size}")
+    pipeline = Pipeline.from_pretrained(args.pipeline, device=args.device, precision=args.precision)
     preds, details = {}, []
-    for q in tqdm(questions, desc="answer", unit="q"):
-        answer = pipeline.answer(q.question, q.lang, args.k)
-        preds[q.id] = answer.text
-        details.append(json.dumps({"id": q.id, "question": q.question, **answer.to_dict()}, ensure_ascii=False))
+    bar = tqdm(total=len(questions), desc="answer", unit="q")
+    for i in range(0, len(questions), args.batch_size):  # retrieval and reading batched across questions
+        chunk = questions[i : i + args.batch_size]
+        answers = pipeline.answer_batch([q.question for q in chunk], [q.lang for q in chunk], args.k)
+        for q, answer in zip(chunk, answers, strict=True):
+            preds[q.id] = answer.text
+            details.append(json.dumps({"id": q.id, "question": q.question, **answer.to_dict()}, ensure_ascii=False))
+        bar.update(len(chunk))
+    bar.close()
     atomic_write_json(args.out, preds)
     if args.details:
         atomic_write_text(args.details, "\n".join(details) + "\n")
