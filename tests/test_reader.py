@@ -67,7 +67,7 @@ def tiny_reader(tiny_encoder_dir):
     torch.manual_seed(0)
     encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
     return ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5),
-                            device="cpu")
+                            device="cpu", precision="fp32")
 
 
 def test_long_passages_are_read_in_windows_scored_jointly(tiny_encoder_dir):
@@ -82,7 +82,8 @@ def test_long_passages_are_read_in_windows_scored_jointly(tiny_encoder_dir):
     torch.manual_seed(1)
     encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
     reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=12, max_answer_tokens=3,
-                                                                          stride=3), device="cpu")
+                                                                          stride=3), device="cpu",
+                              precision="fp32")
     words = "der nil ist ein fluss in afrika der mond umkreist die erde tee ist ein getränk aus blättern".split()
     long = Passage("long-de", "de", "", " ".join(words), "g")
     passages = [PASSAGES[0], long]
@@ -131,7 +132,7 @@ def test_extractive_reader_save_load_round_trip(tiny_reader, tmp_path):
     from cora.reader import load_reader
 
     tiny_reader.save_pretrained(tmp_path / "reader")
-    again = load_reader(tmp_path / "reader", device="cpu")
+    again = load_reader(tmp_path / "reader", device="cpu", precision="fp32")
     a, b = tiny_reader.read("tee", PASSAGES, "de"), again.read("tee", PASSAGES, "de")
     assert (a.text, a.evidence[0].start) == (b.text, b.evidence[0].start)
     assert a.score == pytest.approx(b.score, abs=1e-6)

@@ -88,7 +88,13 @@ def register(sub) -> None:
     d.add_argument("--trainable-layers", type=int, help="train only the top N encoder layers (default: all)")
     d.add_argument("--max-length", type=int, help="question + passage tokens per input (default 384)")
     d.add_argument("--cross-lingual", type=int, help="XQuAD cross-lingual pairs to add (default 6000)")
-    d.add_argument("--negative-rate", type=float, help="share of examples read with an answerless passage (0.3)")
+    d.add_argument("--negative-rate", type=float, help="share of examples read with answerless passages (0.3)")
+    d.add_argument("--negatives-per-example", type=int,
+                   help="answerless passages such an example is read with, at most: one from the same article when "
+                        "there is one, the rest drawn at random from its language (a draw that holds the answer is "
+                        "dropped) (1)")
+    d.add_argument("--rank-head", type=lambda v: v.lower() in ("1", "true", "yes"),
+                   help="add and train a passage-selection head (DPR's reader; default false)")
     d.add_argument("--dev-per-lang", type=int, help="XQuAD dev questions per language for the dev metric (25)")
     d.add_argument("--dropout", type=lambda v: v.lower() in ("1", "true", "yes"),
                    help="keep dropout on (default off: a short fine-tune, and much faster on CPU)")
@@ -100,7 +106,7 @@ def _add_train_config_args(parser) -> None:
     for f in fields(TrainConfig):
         if f.name == "output_dir":
             continue
-        kind = {"int": int, "float": float, "bool": None, "int | None": int}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "bool": None, "int | None": int, "float | None": float}.get(str(f.type), str)
         if kind is None:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"),
                                 help=f.metadata.get("help"))
@@ -187,8 +193,9 @@ def _query_tower_task(opts: dict, encoder, examples, datastore, dev, train_cfg):
         raise CoraError(str(err)) from None
 
 
-READER_DEFAULTS = {"backbone": "me5-small", "init_from": None, "trainable_layers": None, "max_length": 384, "cross_lingual": 6000,
-                   "negative_rate": 0.3, "dev_per_lang": 25, "dropout": False, "data_root": None}
+READER_DEFAULTS = {"backbone": "me5-small", "init_from": None, "trainable_layers": None, "max_length": 384,
+                   "cross_lingual": 6000, "negative_rate": 0.3, "negatives_per_example": 1, "rank_head": False,
+                   "dev_per_lang": 25, "dropout": False, "data_root": None}
 
 
 def _train_reader(args) -> int:
@@ -209,10 +216,10 @@ def _train_reader(args) -> int:
     else:
         reader = ExtractiveReader.from_backbone(opts["backbone"], device=opts.get("device"),
                                                 trainable_layers=opts["trainable_layers"],
-                                                max_length=opts["max_length"])
+                                                max_length=opts["max_length"], rank_head=opts["rank_head"])
     atomic_write_json(Path(train_cfg.output_dir) / "reader_train_config.json", opts)
     task = ReaderTask(reader, mixture.train, train_cfg.batch_size, mixture.negatives, opts["negative_rate"], dev,
-                      dropout=opts["dropout"])
+                      dropout=opts["dropout"], negatives_per_example=opts["negatives_per_example"])
     result = train(task, train_cfg)
     print(json.dumps(result, indent=2))
     return 0
@@ -226,9 +233,15 @@ def _reader_to_continue(opts: dict):
     reader = load_reader(opts["init_from"], device=opts.get("device"))
     if not isinstance(reader, ExtractiveReader):
         raise CoraError(f"--init-from {opts['init_from']}: not an extractive reader")
-    if opts["trainable_layers"] not in (None, reader.config.trainable_layers):
-        raise CoraError(f"--init-from {opts['init_from']} trained {reader.config.trainable_layers} layers; "
-                        f"--trainable-layers {opts['trainable_layers']} would change what is saved")
+    trained = reader.config.trainable_layers
+    wanted = opts["trainable_layers"]
+    if wanted is not None and (trained is None or wanted < trained):
+        raise CoraError(f"--init-from {opts['init_from']} trained {trained or 'all'} layers; --trainable-layers "
+                        f"{wanted} would drop trained weights from what is saved")
+    if wanted is not None and wanted != trained:
+        reader.train_layers(wanted)  # more layers than the reader trained so far: still a delta on its backbone
+    if opts["rank_head"] and reader.model.rank is None:
+        reader.add_rank_head()
     opts["backbone"], opts["trainable_layers"] = reader.config.model, reader.config.trainable_layers
     reader.config.max_length = opts["max_length"]
     return reader

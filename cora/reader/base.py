@@ -76,6 +76,18 @@ class ReaderConfig:
     trainable_layers: int | None = field(
         default=None, metadata={"help": "extractive: fine-tune only the top N encoder layers (and the head); the "
                                         "saved reader then holds only those weights on top of 'model'"})
+    rank_head: bool = field(
+        default=False, metadata={"help": "extractive: a passage-selection head on the first token (DPR's reader), "
+                                         "trained to pick the passage that holds the answer"})
+    rank_weight: float = field(
+        default=1.0, metadata={"help": "extractive: weight of the selection head's logit in the passage choice"})
+    rank_prior: float = field(
+        default=0.0, metadata={"help": "extractive: the passage choice subtracts rank_prior * ln(1 + r) from the "
+                                       "passage at retrieval rank r (0-based): the retriever's order as evidence. "
+                                       "0 with no rank head = the plain joint span argmax"})
+    length_penalty: float = field(
+        default=0.0, metadata={"help": "extractive: subtracted from a span's score per token beyond the first "
+                                       "(calibrates answer length)"})
     max_source_length: int = field(default=1000, metadata={"help": "seq2seq: source tokens (CORA: 1000)"})
     max_target_length: int = field(default=25, metadata={"help": "seq2seq: answer tokens (CORA: 25)"})
     num_beams: int = field(default=4, metadata={"help": "seq2seq: beams at inference (CORA: 4)"})
@@ -99,9 +111,10 @@ def check_read_inputs(question: str, passages: list[Passage]) -> list[Passage]:
     return kept
 
 
-def load_reader(folder: str | os.PathLike, device: str | None = None) -> Reader:
+def load_reader(folder: str | os.PathLike, device: str | None = None, precision: str | None = None) -> Reader:
     """Load a reader folder or a shipped reader by name (``me5-small-reader``), dispatching on the backend
-    recorded in its config (a registry, no guessing)."""
+    recorded in its config (a registry, no guessing). ``precision`` ('auto', 'bf16', 'fp32') applies to the
+    extractive reader (see :mod:`cora.precision`)."""
     from cora.reader.extractive import ExtractiveReader
     from cora.reader.seq2seq import Seq2SeqGenerator
 
@@ -114,4 +127,6 @@ def load_reader(folder: str | os.PathLike, device: str | None = None) -> Reader:
     config = load_config(ReaderConfig, cfg_path)
     if config.backend not in backends:
         raise CoraError(f"{cfg_path}: unknown backend {config.backend!r}; choose one of {sorted(backends)}")
+    if config.backend == "extractive":
+        return ExtractiveReader.from_pretrained(folder, device=device, precision=precision)
     return backends[config.backend].from_pretrained(folder, device=device)

@@ -14,34 +14,56 @@ from cora.config import load_config, save_config
 from cora.datastore import Passage
 from cora.errors import CoraError
 from cora.reader.base import READER_CONFIG_FILE, Answer, Evidence, ReaderConfig, check_read_inputs
-from cora.reader.spans import best_spans, joint_span_loss
+from cora.reader.spans import joint_span_loss, span_scores
 
 logger = logging.getLogger(__name__)
 
 HEAD_FILE = "span_head.safetensors"
 DELTA_FILE = "reader_delta.safetensors"  # the fine-tuned top layers + head, on top of the backbone ``config.model``
+DELTA_SHARD = "reader_delta-{:05d}.safetensors"  # a delta too large for one file (> MAX_SHARD_BYTES) is split
+MAX_SHARD_BYTES = 4 * 2**20
+
+
+def delta_files(folder: Path) -> list[Path]:
+    """The delta file(s) of a reader folder: one ``reader_delta.safetensors`` or numbered shards; [] if none."""
+    folder = Path(folder)
+    if (folder / DELTA_FILE).exists():
+        return [folder / DELTA_FILE]
+    return sorted(folder.glob(DELTA_SHARD.replace("{:05d}", "[0-9]" * 5)))
 
 
 class SpanModel(nn.Module):
-    """A Hugging Face encoder plus a linear start/end head."""
+    """A Hugging Face encoder plus a linear start/end head and, optionally, a passage-selection head on the first
+    token (DPR's reader: which of the passages read holds the answer)."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, rank_head: bool = False):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.hidden_size, 2)
+        self.rank = nn.Linear(encoder.config.hidden_size, 1) if rank_head else None
 
-    def forward(self, **batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, **batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Start and end logits [P, L] and the selection logit [P] (None without a selection head)."""
         hidden = self.encoder(**batch).last_hidden_state  # [P, L, H]
         logits = self.head(hidden)  # [P, L, 2]
-        return logits[..., 0], logits[..., 1]  # [P, L], [P, L]
+        rank = self.rank(hidden[:, 0]).squeeze(-1) if self.rank is not None else None  # [P]
+        return logits[..., 0], logits[..., 1], rank
+
+    def forward(self, **batch) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end, _ = self.scores(**batch)
+        return start, end  # [P, L], [P, L]
 
 
 class ExtractiveReader:
     """Reads the top-k passages with the question and returns the best span over all of them."""
 
-    def __init__(self, model: SpanModel, tokenizer, config: ReaderConfig, device: str | None = None):
+    def __init__(self, model: SpanModel, tokenizer, config: ReaderConfig, device: str | None = None,
+                 precision: str | None = None):
+        from cora.precision import resolve_precision
+
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)  # of inference; training sets its own
         self.model.to(self.device)
 
     # --- construction and persistence
@@ -53,13 +75,14 @@ class ExtractiveReader:
         encoder, tokenizer = _load_hf_encoder(resolve_backbone(backbone))
         prefix = default_encoder_config(backbone).query_prefix
         config = replace(ReaderConfig(backend="extractive", model=backbone, question_prefix=prefix), **overrides)
-        model = SpanModel(encoder)
+        model = SpanModel(encoder, rank_head=config.rank_head)
         if config.trainable_layers is not None:
             freeze_below(model, config.trainable_layers)
         return cls(model, tokenizer, config, device)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None) -> ExtractiveReader:
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None,
+                        precision: str | None = None) -> ExtractiveReader:
         """A full reader folder (``encoder/`` + head) or a delta folder (fine-tuned layers on a backbone)."""
         from safetensors.torch import load_file
 
@@ -67,19 +90,23 @@ class ExtractiveReader:
 
         folder = Path(folder)
         config = load_config(ReaderConfig, folder / READER_CONFIG_FILE)
-        if (folder / DELTA_FILE).exists():
+        if delta_files(folder):
             encoder, tokenizer = _load_hf_encoder(resolve_backbone(config.model))
-            model = SpanModel(encoder)
-            load_delta(model, folder / DELTA_FILE)
+            model = SpanModel(encoder, rank_head=config.rank_head)
+            load_delta(model, delta_files(folder))
             if config.trainable_layers is not None:
                 freeze_below(model, config.trainable_layers)
-            return cls(model, tokenizer, config, device)
+            return cls(model, tokenizer, config, device, precision)
         if not (folder / "encoder").exists():
-            raise CoraError(f"{folder}: neither {DELTA_FILE} nor an encoder/ folder; not a trained reader")
+            raise CoraError(f"{folder}: neither {DELTA_FILE} (or its shards) nor an encoder/ folder; not a trained "
+                            "reader")
         encoder, tokenizer = _load_hf_encoder(str(folder / "encoder"))
-        model = SpanModel(encoder)
-        model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
-        return cls(model, tokenizer, config, device)
+        model = SpanModel(encoder, rank_head=config.rank_head)
+        heads = load_file(str(folder / HEAD_FILE))
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in heads.items() if not k.startswith("rank.")})
+        if model.rank is not None:
+            model.rank.load_state_dict({k.removeprefix("rank."): v for k, v in heads.items() if k.startswith("rank.")})
+        return cls(model, tokenizer, config, device, precision)
 
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
                         q4_residuals: bool = False) -> None:
@@ -94,15 +121,35 @@ class ExtractiveReader:
         if self.config.trainable_layers is not None:
             state = (q4_residual_state(self.model, self.config.model) if q4_residuals else
                      {k: v.detach().to(dtype).contiguous().cpu() for k, v in trained_state(self.model).items()})
-            save_file(state, str(folder / DELTA_FILE), metadata={"backbone": self.config.model})
+            for old in delta_files(folder):
+                old.unlink()
+            shards = shard_state(state, MAX_SHARD_BYTES)
+            for i, shard in enumerate(shards):
+                name = DELTA_FILE if len(shards) == 1 else DELTA_SHARD.format(i + 1)
+                save_file(shard, str(folder / name), metadata={"backbone": self.config.model})
         else:
             if q4_residuals:
                 raise CoraError("q4_residuals needs a partially trained reader (trainable_layers)")
             self.model.encoder.save_pretrained(folder / "encoder", safe_serialization=True)
             self.tokenizer.save_pretrained(folder / "encoder")
-            save_file({k: v.contiguous().cpu() for k, v in self.model.head.state_dict().items()},
-                      str(folder / HEAD_FILE))
+            heads = {k: v for k, v in self.model.state_dict().items() if k.startswith(("head.", "rank."))}
+            if self.model.rank is None:  # the layout of readers saved before the selection head existed
+                heads = {k.removeprefix("head."): v for k, v in heads.items()}
+            save_file({k: v.contiguous().cpu() for k, v in heads.items()}, str(folder / HEAD_FILE))
         save_config(self.config, folder / READER_CONFIG_FILE)
+
+    def train_layers(self, n: int) -> None:
+        """Train (and save) the top ``n`` encoder layers and the heads from now on."""
+        freeze_below(self.model, n)
+        self.config.trainable_layers = n
+
+    def add_rank_head(self) -> None:
+        """Add a new passage-selection head (zero-initialised: it changes no choice until trained)."""
+        rank = nn.Linear(self.model.encoder.config.hidden_size, 1).to(self.device)
+        nn.init.zeros_(rank.weight)
+        nn.init.zeros_(rank.bias)
+        self.model.rank = rank
+        self.config.rank_head = True
 
     # --- inputs
     def encode_inputs(self, question: str | list[str], passages: list[Passage], windows: bool = False) -> dict:
@@ -140,35 +187,106 @@ class ExtractiveReader:
     # --- inference
     @torch.inference_mode()
     def read(self, question: str, passages: list[Passage], answer_lang: str) -> Answer:
+        """The answer to ``question`` from ``passages`` (in retrieval order: the first is the retriever's best).
+
+        Every span of every passage (and window) is scored ``start + end`` and normalised jointly (DPR). The
+        passage the answer is read from is the one with the best ``fused`` score: its best span's score, plus the
+        selection head's logit (``rank_weight``), minus ``rank_prior * ln(1 + rank)``; with neither, that is the
+        plain joint argmax. ``length_penalty`` is subtracted per token beyond the first of a span."""
         passages = check_read_inputs(question, passages)
         self.model.eval()
         per = self.config.passages_per_forward or (len(passages) if self.device.type == "cuda" else 1)
         parts = [self._logits(question, passages[i : i + per], i) for i in range(0, len(passages), per)]
         # Pad every part to one length; padded positions are not context, so no span can use them and the
         # softmax over spans stays joint across all passages (and all windows of a long passage).
-        L = max(p[0].shape[1] for p in parts)
-        start = torch.cat([torch.nn.functional.pad(s, (0, L - s.shape[1])) for s, *_ in parts])  # [R, L]
-        end = torch.cat([torch.nn.functional.pad(e, (0, L - e.shape[1])) for _, e, *_ in parts])  # [R, L]
-        context = torch.cat([torch.nn.functional.pad(c, (0, L - c.shape[1])) for _, _, c, *_ in parts])  # [R, L]
-        offsets = torch.cat([torch.nn.functional.pad(o, (0, 0, 0, L - o.shape[1])) for *_, o, _ in parts])
-        passage_of = torch.cat([m for *_, m in parts])  # [R] row -> passage index
-        spans = best_spans(start, end, context, self.config.max_answer_tokens)
-        if not spans:
-            raise CoraError("the passages left no room for an answer span (question too long?)")
-        best = spans[0]
-        p = passages[int(passage_of[best.passage])]
-        c0 = int(offsets[best.passage, best.start, 0])
-        c1 = int(offsets[best.passage, best.end, 1])
-        text = p.text[c0:c1].strip()
-        ev = Evidence(p.id, p.lang, p.title, p.text, c0, c1, best.prob)
-        return Answer(text, answer_lang, best.prob, [ev])
+        L = max(p["start"].shape[1] for p in parts)
 
-    def _logits(self, question: str, passages: list[Passage], first: int = 0):
-        """Start/end logits [R, L], context mask, offsets and the passage index (counted from ``first``) of
-        each of the R rows (one per window)."""
+        def cat(key, pad):
+            return torch.cat([torch.nn.functional.pad(p[key], pad(L - p[key].shape[1])) for p in parts])
+
+        start = cat("start", lambda n: (0, n))  # [R, L]
+        end = cat("end", lambda n: (0, n))  # [R, L]
+        context = cat("context", lambda n: (0, n))  # [R, L]
+        offsets = cat("offsets", lambda n: (0, 0, 0, n))  # [R, L, 2]
+        passage_of = torch.cat([p["passage_of"] for p in parts])  # [R] row -> passage index
+        rank = torch.cat([p["rank"] for p in parts]) if parts[0]["rank"] is not None else None  # [R]
+        choice = choose_span(start, end, context, passage_of, len(passages), self.config, rank)
+        if choice is None:
+            raise CoraError("the passages left no room for an answer span (question too long?)")
+        row, s_tok, e_tok, prob = choice
+        p = passages[int(passage_of[row])]
+        c0 = int(offsets[row, s_tok, 0])
+        c1 = int(offsets[row, e_tok, 1])
+        text = p.text[c0:c1].strip()
+        ev = Evidence(p.id, p.lang, p.title, p.text, c0, c1, prob)
+        return Answer(text, answer_lang, prob, [ev])
+
+    @torch.inference_mode()
+    def read_batch(self, questions: list[str], passages: list[list[Passage]], answer_langs: list[str],
+                   rows_per_forward: int = 16) -> list[Answer]:
+        """:meth:`read` for many questions at once: every (question, passage) window of the batch is sorted by
+        length and read ``rows_per_forward`` at a time with padding only to the longest in its group, then each
+        question's answer is chosen as :meth:`read` chooses it (same spans, same fused passage choice)."""
+        if not len(questions) == len(passages) == len(answer_langs):
+            raise CoraError(f"{len(questions)} questions, {len(passages)} passage lists, {len(answer_langs)} languages")
+        if not questions:
+            return []
+        if self.tokenizer.padding_side != "right":  # trimming rows to their length assumes right padding
+            return [self.read(q, ps, lang) for q, ps, lang in zip(questions, passages, answer_langs, strict=True)]
+        from cora.precision import autocast
+
+        kept = [check_read_inputs(q, ps) for q, ps in zip(questions, passages, strict=True)]
+        flat_q = [q for q, ps in zip(questions, kept, strict=True) for _ in ps]
+        flat_p = [p for ps in kept for p in ps]
+        enc = self.encode_inputs(flat_q, flat_p, windows=True)
+        mask = enc["inputs"]["attention_mask"]
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        R, L = mask.shape
+        start = torch.full((R, L), 0.0)
+        end = torch.full((R, L), 0.0)
+        rank = torch.zeros(R) if self.model.rank is not None else None
+        self.model.eval()
+        for i in range(0, R, rows_per_forward):
+            rows = order[i : i + rows_per_forward]
+            width = int(lengths[rows].max())
+            chunk = {k: v[rows, :width].to(self.device) for k, v in enc["inputs"].items()}
+            with autocast(self.precision, self.device):
+                s, e, r = self.model.scores(**chunk)
+            start[rows, :width], end[rows, :width] = s.float().cpu(), e.float().cpu()
+            if rank is not None:
+                rank[rows] = r.float().cpu()
+        answers, first = [], 0
+        passage_of = enc["passage_of"]
+        for ps, lang in zip(kept, answer_langs, strict=True):
+            rows = torch.nonzero((passage_of >= first) & (passage_of < first + len(ps))).squeeze(1)
+            width = int(lengths[rows].max())
+            context = enc["context"][rows, :width]
+            local = passage_of[rows] - first
+            choice = choose_span(start[rows, :width], end[rows, :width], context, local, len(ps), self.config,
+                                 None if rank is None else rank[rows])
+            if choice is None:
+                raise CoraError("the passages left no room for an answer span (question too long?)")
+            row, s_tok, e_tok, prob = choice
+            p = ps[int(local[row])]
+            c0 = int(enc["offsets"][rows[row], s_tok, 0])
+            c1 = int(enc["offsets"][rows[row], e_tok, 1])
+            answers.append(Answer(p.text[c0:c1].strip(), lang, prob,
+                                  [Evidence(p.id, p.lang, p.title, p.text, c0, c1, prob)]))
+            first += len(ps)
+        return answers
+
+    def _logits(self, question: str, passages: list[Passage], first: int = 0) -> dict:
+        """Start/end logits [R, L], selection logits [R] (or None), context mask, offsets and the passage index
+        (counted from ``first``) of each of the R rows (one per window)."""
+        from cora.precision import autocast
+
         enc = self.encode_inputs(question, passages, windows=True)
-        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
-        return start.float().cpu(), end.float().cpu(), enc["context"], enc["offsets"], enc["passage_of"] + first
+        with autocast(self.precision, self.device):
+            start, end, rank = self.model.scores(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
+        return {"start": start.float().cpu(), "end": end.float().cpu(), "context": enc["context"],
+                "offsets": enc["offsets"], "passage_of": enc["passage_of"] + first,
+                "rank": None if rank is None else rank.float().cpu()}
 
     # --- training
     def loss(self, question: str, passages: list[Passage], answers: list[str]) -> torch.Tensor:
@@ -176,23 +294,63 @@ class ExtractiveReader:
         return self.batch_loss([(question, passages, answers)])
 
     def batch_loss(self, batch: list[tuple[str, list[Passage], list[str]]]) -> torch.Tensor:
-        """Mean joint span loss over (question, passages, answers) triples, all read in one forward pass.
+        """Mean joint span loss over (question, passages, answers) triples, all read in one forward pass, plus
+        (with a selection head) the passage-selection loss of each question read with several passages.
 
         Every question's spans are still normalised over its own passages only (rows of other questions are
         sliced away before the softmax), so this equals the mean of :meth:`loss` over the batch."""
         questions = [q for q, ps, _ in batch for _ in ps]
         passages = [p for _, ps, _ in batch for p in ps]
         enc = self.encode_inputs(questions, passages)
-        start, end = self.model(**{k: v.to(self.device) for k, v in enc["inputs"].items()})  # [sum P, L]
+        start, end, rank = self.model.scores(**{k: v.to(self.device) for k, v in enc["inputs"].items()})
         context = enc["context"].to(self.device)
         losses, row = [], 0
         for _, ps, answers in batch:
             rows = slice(row, row + len(ps))
             gs, ge = gold_token_marks(ps, answers, enc["offsets"][rows], enc["context"][rows])
-            losses.append(joint_span_loss(start[rows], end[rows], context[rows], gs.to(self.device),
-                                          ge.to(self.device)))
+            loss = joint_span_loss(start[rows], end[rows], context[rows], gs.to(self.device), ge.to(self.device))
+            if rank is not None:
+                loss = loss + selection_loss(rank[rows].float(), (gs.any(1) & ge.any(1)).to(self.device))
+            losses.append(loss)
             row += len(ps)
         return torch.stack(losses).mean()
+
+
+def selection_loss(rank: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """-log of the softmax mass of the passages holding the answer, over one question's passages (DPR's passage
+    selection); 0 when all or none of them hold it (nothing to choose)."""
+    if bool(positive.all()) or not bool(positive.any()):
+        return rank.sum() * 0.0
+    log_p = torch.log_softmax(rank, dim=0)
+    return -torch.logsumexp(log_p[positive], dim=0)
+
+
+def choose_span(start: torch.Tensor, end: torch.Tensor, context: torch.Tensor, passage_of: torch.Tensor,
+                n_passages: int, config: ReaderConfig, rank: torch.Tensor | None = None
+                ) -> tuple[int, int, int, float] | None:
+    """(row, start token, end token, joint probability) of the answer span; see :meth:`ExtractiveReader.read`.
+
+    start, end: [R, L]; context: [R, L] bool; passage_of: [R] passage index of each row; rank: [R] or None."""
+    scores = span_scores(start.float(), end.float(), context, config.max_answer_tokens)  # [R, L, L]
+    finite = torch.isfinite(scores)
+    if not bool(finite.any()):
+        return None
+    log_z = torch.logsumexp(scores[finite], dim=0)
+    L = start.shape[1]
+    if config.length_penalty:
+        idx = torch.arange(L)
+        scores = scores - config.length_penalty * (idx.view(1, 1, L) - idx.view(1, L, 1)).clamp(min=0)
+    best_row, best_pos = scores.reshape(len(scores), -1).max(dim=1)  # [R]
+    fused = best_row.clone()
+    if rank is not None and config.rank_weight:
+        fused = fused + config.rank_weight * rank
+    if config.rank_prior:
+        fused = fused - config.rank_prior * torch.log1p(passage_of.float())
+    row = int(fused.argmax())
+    s_tok, e_tok = divmod(int(best_pos[row]), L)
+    raw = float(span_scores(start[row : row + 1].float(), end[row : row + 1].float(), context[row : row + 1],
+                            config.max_answer_tokens)[0, s_tok, e_tok])
+    return row, s_tok, e_tok, float(torch.exp(torch.tensor(raw) - log_z))
 
 
 def _layers(model: SpanModel) -> nn.ModuleList:
@@ -213,8 +371,9 @@ def freeze_below(model: SpanModel, n: int) -> None:
     for layer in layers[len(layers) - n:]:
         for p in layer.parameters():
             p.requires_grad_(True)
-    for p in model.head.parameters():
-        p.requires_grad_(True)
+    for head in (model.head, model.rank):
+        for p in head.parameters() if head is not None else ():
+            p.requires_grad_(True)
 
 
 def trained_state(model: SpanModel) -> dict[str, torch.Tensor]:
@@ -245,15 +404,34 @@ def q4_residual_state(model: SpanModel, backbone: str) -> dict[str, torch.Tensor
     return out
 
 
-def load_delta(model: SpanModel, path: Path) -> None:
-    """Overwrite the model's fine-tuned weights from a delta file; every key must exist in the model. ``.q4r``
-    entries are residuals added to the model's current weights, which must be the backbone's (a model just
-    built from it)."""
+def shard_state(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Split a state dict, in key order, into consecutive shards of at most ``max_bytes`` of tensor data (a
+    single tensor larger than that gets a shard of its own)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if shards[-1] and size + n > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += n
+    return shards
+
+
+def load_delta(model: SpanModel, path: Path | list[Path]) -> None:
+    """Overwrite the model's fine-tuned weights from a delta file (or its shards); every key must exist in the
+    model. ``.q4r`` entries are residuals added to the model's current weights, which must be the backbone's (a
+    model just built from it)."""
     from safetensors.torch import load_file
 
     from cora.convert import dequantize_q4
 
-    state = load_file(str(path))
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    state = {}
+    for part in paths:
+        state.update(load_file(str(part)))
+    path = paths[0]
     own = model.state_dict()
     names = {k.removesuffix(Q4_SUFFIX) for k in state}
     unknown = sorted(names - set(own))

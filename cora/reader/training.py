@@ -5,13 +5,18 @@ cross-lingual pairs from XQuAD (question in X, the parallel paragraph in Y). Any
 of the XQuAD dev articles (32-39) is dropped from every file, which also removes the machine-translated copies of
 those articles in SQuAD-es and SQuAD-it (they keep SQuAD's question ids).
 
-Some examples are read with a second, answerless passage in the same language, so the joint softmax learns to
-prefer the passage that holds the answer (as it must at answer time over k retrieved passages).
+AfriQA train joins as cross-lingual examples of another kind: a question in one of eight African languages read
+with the English (French for Fon) Wikipedia passage that holds its answer, scored in the pivot language.
+
+Some examples are read with answerless passages too (one from the same article when there is one, a topically
+close "hard" negative, the others drawn from the language's pool), so the joint softmax and the selection head
+learn to prefer the passage that holds the answer, as they must at answer time over k retrieved passages.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -32,11 +37,18 @@ XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi",
 
 @dataclass
 class ReaderSource:
-    """One SQuAD-format training file (a glob, relative to the data root), its language and an example cap."""
+    """One training file (a glob, relative to the data root), its language and an example cap. ``format`` is
+    'squad' (SQuAD JSON) or 'afriqa' (AfriQA gold-passage JSON lines: ``lang`` is the question's language, the
+    passage and the answer are in the pivot language named in the file name)."""
 
     path: str
     lang: str
     cap: int | None = None
+    format: str = "squad"
+
+
+AFRIQA_TRAIN = [("bem", "en"), ("fon", "fr"), ("hau", "en"), ("ibo", "en"), ("kin", "en"), ("twi", "en"),
+                ("yor", "en"), ("zul", "en")]  # the AfriQA languages with train gold passages in the shared data
 
 
 # Every SQuAD-format training set in ../shared/data (see its README). Caps keep the large ones from swamping the
@@ -50,7 +62,42 @@ DEFAULT_SOURCES = [ReaderSource(f"xquad/xquad.{lang}.json", lang) for lang in XQ
     ReaderSource("drcd/DRCD_dev.json", "zh", cap=2500),
     ReaderSource("squad-it/SQuAD_it-test.json", "it", cap=2500),
     ReaderSource("squad-es/dev-v1.1-es_small.json", "es", cap=2500),
-]
+] + [ReaderSource(f"afriqa/gold_passages/{lang}/gold_span_passages.afriqa.{lang}.{pivot}.train.json", lang,
+                  format="afriqa") for lang, pivot in AFRIQA_TRAIN]
+
+
+def afriqa_examples(path: Path, lang: str) -> tuple[list[ReaderExample], list[Passage]]:
+    """AfriQA gold-passage examples: question in ``lang``, passage and answer in the pivot language (the file
+    name's ``.afriqa.{lang}.{pivot}.``). Rows whose answer is not in the passage are skipped (counted in the log)."""
+    from cora.errors import DataFormatError
+
+    parts = path.name.split(".")
+    pivot = parts[parts.index("afriqa") + 2] if "afriqa" in parts else "en"
+    examples, passages, skipped = [], [], 0
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                qid, question, context = str(row["id"]), row["question_lang"], row["context"]
+                answers = [a for a in row["answer_pivot"]["text"] if isinstance(a, str) and a.strip()]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise DataFormatError(path, n, f"not an AfriQA gold-passage row ({err})") from None
+            if not isinstance(context, str) or not isinstance(question, str):
+                skipped += 1
+                continue
+            answers = [a for a in answers if a in context]
+            if not answers or not question.strip():
+                skipped += 1
+                continue
+            passage = Passage(f"afriqa.{lang}.train:{qid}", pivot, row.get("title", ""), context,
+                              f"afriqa.{lang}:{qid}")
+            passages.append(passage)
+            examples.append(ReaderExample(f"afriqa:{lang}:{qid}", question, lang, [passage], answers, pivot))
+    if skipped:
+        logger.info("%s: %d rows without the answer in the passage skipped", path, skipped)
+    return examples, passages
 
 
 @dataclass
@@ -102,10 +149,14 @@ def reader_mixture(data_root: str | Path, sources: Sequence[ReaderSource] = tupl
             raise CoraError(f"{root / src.path}: no such file (reader training source)")
         examples: list[ReaderExample] = []
         for f in files:
-            articles = XQUAD_TRAIN_ARTICLES if src.path.startswith("xquad/") else None
-            ex, ps = file_examples(Path(f), src.lang, exclude, articles)
+            if src.format == "afriqa":
+                ex, ps = afriqa_examples(Path(f), src.lang)
+            else:
+                articles = XQUAD_TRAIN_ARTICLES if src.path.startswith("xquad/") else None
+                ex, ps = file_examples(Path(f), src.lang, exclude, articles)
             examples += ex
-            negatives.setdefault(src.lang, []).extend(ps)
+            for passage in ps:
+                negatives.setdefault(passage.lang, []).append(passage)
         if src.cap is not None and len(examples) > src.cap:
             examples = rng.sample(examples, src.cap)
         if src.path.startswith("xquad/"):
@@ -150,9 +201,15 @@ class ReaderTask:
 
     def __init__(self, reader: ExtractiveReader, examples: Sequence[ReaderExample], batch_size: int,
                  negatives: dict[str, list[Passage]] | None = None, negative_rate: float = 0.3,
-                 dev: Sequence[ReaderExample] | None = None, dropout: bool = False, bucket: int = 32):
+                 dev: Sequence[ReaderExample] | None = None, dropout: bool = False, bucket: int = 32,
+                 negatives_per_example: int = 1):
         self.reader, self.examples, self.batch_size = reader, list(examples), batch_size
         self.negatives, self.negative_rate, self.dev, self.bucket = negatives or {}, negative_rate, dev, bucket
+        self.negatives_per_example = negatives_per_example
+        self.by_article: dict[str, list[Passage]] = {}  # "file:article" -> its paragraphs (hard negatives)
+        for pool in self.negatives.values():
+            for passage in pool:
+                self.by_article.setdefault(passage.id.rsplit(":", 1)[0], []).append(passage)
         if not dropout:
             # A short fine-tune from a pretrained encoder; without dropout a CPU step is much cheaper.
             for m in reader.model.modules():
@@ -177,17 +234,27 @@ class ReaderTask:
                 yield [self._item(self.examples[i], rng) for i in g]
 
     def _item(self, ex: ReaderExample, rng: random.Random) -> tuple[str, list[Passage], list[str]]:
-        passages = [self._crop(p, ex.answers) for p in ex.passages]
+        passages = [self._crop(p, ex.answers, rng) for p in ex.passages]
         pool = self.negatives.get(passages[0].lang, [])
         if pool and rng.random() < self.negative_rate:
-            neg = pool[rng.randrange(len(pool))]
-            if neg.group != passages[0].group and not any(a in neg.text for a in ex.answers):
-                passages.insert(rng.randrange(2), neg)
+            gold = passages[0]
+            same_article = [p for p in self.by_article.get(ex.passages[0].id.rsplit(":", 1)[0], [])
+                            if p.id != ex.passages[0].id]
+            candidates = [same_article[rng.randrange(len(same_article))]] if same_article else []
+            candidates += [pool[rng.randrange(len(pool))] for _ in range(self.negatives_per_example)]
+            added = 0
+            for neg in candidates:
+                if added == self.negatives_per_example:
+                    break
+                if neg.group != gold.group and not any(a in neg.text for a in ex.answers) and neg not in passages:
+                    passages.insert(rng.randrange(len(passages) + 1), neg)
+                    added += 1
         return ex.question, passages, ex.answers
 
-    def _crop(self, passage: Passage, answers: list[str]) -> Passage:
+    def _crop(self, passage: Passage, answers: list[str], rng: random.Random | None = None) -> Passage:
         """A passage longer than the input keeps a window that holds the first answer (SQuAD's doc stride, one
-        window): otherwise the answer is truncated away and the example teaches nothing."""
+        window): otherwise the answer is truncated away and the example teaches nothing. With ``rng`` the
+        answer's place in the window is drawn at random (so position is no cue), else it sits a third in."""
         at = min((i for i in (passage.text.find(a) for a in answers) if i >= 0), default=-1)
         if at < 0:
             return passage
@@ -198,7 +265,8 @@ class ReaderTask:
         if len(offsets) <= budget:
             return passage
         first = next((t for t, (a, b) in enumerate(offsets) if b > at), len(offsets) - 1)
-        lo = max(0, min(first - budget // 3, len(offsets) - budget))
+        before = rng.randrange(budget * 3 // 4) if rng is not None else budget // 3  # tokens kept before it
+        lo = max(0, min(first - before, len(offsets) - budget))
         c0 = offsets[lo][0]
         c1 = offsets[min(len(offsets), lo + budget) - 1][1]
         return Passage(passage.id, passage.lang, passage.title, passage.text[c0:c1], passage.group)
@@ -209,7 +277,7 @@ class ReaderTask:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         if not self.dev:
-            return {"metric": 0.0}
+            return {"metric": None}
         table = score_gold_paragraph(self.reader, self.dev)
         return {"metric": table["macro"]["F1"], "F1": table["macro"]["F1"], "EM": table["macro"]["EM"]}
 
@@ -223,17 +291,19 @@ class ReaderTask:
         self.reader.save_pretrained(folder)
 
     def load_weights(self, folder: Path) -> None:
-        from cora.reader.extractive import DELTA_FILE, HEAD_FILE, load_delta
+        from cora.reader.extractive import HEAD_FILE, delta_files, load_delta
 
         folder = Path(folder)
-        if (folder / DELTA_FILE).exists():
-            load_delta(self.reader.model, folder / DELTA_FILE)
+        if delta_files(folder):
+            load_delta(self.reader.model, delta_files(folder))
         else:
             from safetensors.torch import load_file
 
             self.reader.model.encoder.load_state_dict(load_file(str(folder / "encoder" / "model.safetensors")),
                                                       strict=False)
-            self.reader.model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+            heads = load_file(str(folder / HEAD_FILE))
+            self.reader.model.load_state_dict(heads if "head.weight" in heads else
+                                              {f"head.{k}": v for k, v in heads.items()}, strict=False)
 
 
 class Seq2SeqTask:
@@ -257,7 +327,7 @@ class Seq2SeqTask:
                             for ex in batch]).mean()
 
     def evaluate(self) -> dict[str, float]:
-        return {"metric": 0.0}  # the loop evaluates the generator end to end after training
+        return {"metric": None}  # the loop evaluates the generator end to end after training (best = latest)
 
     def parameters(self):
         return self.generator.model.parameters()
@@ -274,5 +344,5 @@ class Seq2SeqTask:
         self.generator.model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=False)
 
 
-__all__ = ["ReaderSource", "DEFAULT_SOURCES", "Mixture", "reader_mixture", "xquad_dev_examples",
+__all__ = ["ReaderSource", "DEFAULT_SOURCES", "AFRIQA_TRAIN", "afriqa_examples", "Mixture", "reader_mixture", "xquad_dev_examples",
            "score_gold_paragraph", "ReaderTask", "Seq2SeqTask"]
