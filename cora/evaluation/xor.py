@@ -1,6 +1,7 @@
 """XOR-TyDi QA evaluation: XOR-Full (F1 / EM / BLEU per language) and XOR-Retrieve (R@2kt, R@5kt).
 
-Two modes for XOR-Full:
+XOR-Retrieve has an ``official`` mode (XOR-TyDi's ``eval_xor_retrieve.py`` exactly: nltk tokens) and a ``fixed``
+one (whitespace tokens, answers found as written); see :func:`xor_retrieve_recall`. Two modes for XOR-Full:
 
 * ``official`` reproduces CORA's ``eval_scripts/eval_xor_full.py`` (the XOR-TyDi evaluator with the
   ``"No Answer"`` skip) rule for rule, so numbers are comparable with papers: lowercase, remove ASCII
@@ -20,6 +21,7 @@ import json
 import logging
 import math
 import os
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,30 +184,147 @@ def evaluate_xor_full(gold: list[dict], predictions: dict[str, str], mode: str =
 
 
 # --------------------------------------------------------------------------------------- XOR-Retrieve
-def xor_retrieve_recall(
-    gold: list[dict], retrieved: dict[str, list[str]], max_tokens: int
-) -> dict[str, dict[str, float]]:
-    """R@{max_tokens} per language: an answer string occurs in the first ``max_tokens`` tokens of the retrieved
-    passages (concatenated in rank order). Yes/no answers are skipped, as in the official script; tokens are
-    whitespace tokens (the official script uses nltk's word_tokenize, which splits punctuation off words: our
-    counts reach the token limit slightly later)."""
-    per_lang: dict[str, list[int]] = {}
-    for qa in gold:
-        answers = [a for a in qa["answers"] if a not in ("yes", "no")]
-        if not answers or qa["id"] not in retrieved:
+RETRIEVE_MODES = ("official", "fixed")
+RETRIEVE_TOKENS = (2000, 5000)
+
+
+@dataclass(frozen=True)
+class RankedContexts:
+    """One question's retrieved passage texts, best first, and the language its prediction line names."""
+
+    id: str
+    lang: str | None
+    texts: list[str]
+
+
+@dataclass
+class RetrieveResult:
+    mode: str
+    per_language: dict[str, dict[str, float]]  # lang -> {"count", "R@2kt", "R@5kt"} (recall in %)
+    macro: dict[str, float]
+    missing: int = 0  # gold questions without a ranked list
+    extra: int = 0  # ranked lists whose id is not in the gold file
+    duplicates: int = 0  # ranked lists whose id came earlier in the file
+    yes_no: int = 0  # gold questions with only yes/no answers (never scored)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "per_language": self.per_language, "macro": self.macro,
+                "missing_predictions": self.missing, "extra_predictions": self.extra,
+                "duplicate_predictions": self.duplicates, "yes_no_skipped": self.yes_no}
+
+
+def retrieve_window(texts: list[str], max_tokens: int, mode: str = "official") -> list[str]:
+    """The first ``max_tokens`` tokens of the passages in rank order; the window's text is ``" ".join`` of them.
+
+    official: nltk ``word_tokenize`` tokens of each passage (as the official script), so the window is counted
+    in nltk tokens and its text is the *tokenised* text ("St. Peter's" -> "St. Peter 's", "2.8%" -> "2.8 %").
+    fixed: whitespace tokens, so the window text keeps every word as written."""
+    from cora.evaluation.text import nltk_word_tokenize
+
+    tokenize = nltk_word_tokenize if mode == "official" else str.split
+    tokens: list[str] = []
+    for text in texts:
+        tokens += tokenize(text)
+        if len(tokens) >= max_tokens:
+            break
+    return tokens[:max_tokens]
+
+
+def xor_retrieve_recall(gold: list[dict], ranked: list[RankedContexts], mode: str = "official",
+                        max_tokens: tuple[int, ...] = RETRIEVE_TOKENS) -> RetrieveResult:
+    """R@2kt / R@5kt: the share of questions with an answer string inside the first 2,000 / 5,000 tokens of
+    their retrieved passages (concatenated in rank order), per language, in %, and their macro mean.
+
+    official reproduces XOR-TyDi's ``evals/eval_xor_retrieve.py`` exactly: it walks the *prediction* list (a
+    question's language is the one its prediction names; a gold question with no prediction is not counted; an
+    id listed twice counts twice), skips answers "yes"/"no" and questions with nothing else, tokenises with nltk
+    ``word_tokenize`` and looks for the raw answer string in the tokenised window, so an answer that
+    tokenisation changes ("2.8%", "St. Peter's Basilica") can never be found. fixed walks the gold questions
+    (language from gold; no prediction = a miss; a repeated id counts once), counts whitespace tokens and finds
+    the answer in the text as written. Both report the missing, extra and repeated ids."""
+    if mode not in RETRIEVE_MODES:
+        raise CoraError(f"unknown mode {mode!r}; choose one of {RETRIEVE_MODES}")
+    gold_by_id = {qa["id"]: qa for qa in gold}
+    span_answers = {qid: [a for a in qa["answers"] if a not in ("yes", "no")] for qid, qa in gold_by_id.items()}
+    ids = [r.id for r in ranked]
+    missing = len(set(gold_by_id) - set(ids))
+    extra = sum(1 for i in ids if i not in gold_by_id)
+    duplicates = len(ids) - len(set(ids))
+    if mode == "official":
+        items = [(r.lang if r.lang is not None else gold_by_id.get(r.id, {}).get("lang"), r) for r in ranked]
+    else:
+        first = {}
+        for r in ranked:
+            first.setdefault(r.id, r)
+        items = [(qa["lang"], first.get(qid, RankedContexts(qid, qa["lang"], []))) for qid, qa in gold_by_id.items()]
+    counts: dict[str, int] = {}
+    hits: dict[str, dict[int, int]] = {}
+    for lang, r in items:
+        answers = span_answers.get(r.id)
+        if not answers:  # not in gold, or yes/no only
             continue
-        tokens: list[str] = []
-        for text in retrieved[qa["id"]]:
-            tokens += text.split()
-            if len(tokens) >= max_tokens:
-                break
-        window = " ".join(tokens[:max_tokens])
-        per_lang.setdefault(qa["lang"], []).append(int(any(a in window for a in answers)))
-    out = {lang: {"count": len(v), "recall": 100 * sum(v) / len(v)} for lang, v in sorted(per_lang.items())}
-    if out:
-        out["macro"] = {"count": sum(v["count"] for v in out.values()),
-                        "recall": sum(v["recall"] for v in out.values()) / len(out)}
-    return out
+        counts[lang] = counts.get(lang, 0) + 1
+        slot = hits.setdefault(lang, dict.fromkeys(max_tokens, 0))
+        # The first k tokens of the longest window are the k-token window: tokenise once.
+        window_tokens = retrieve_window(r.texts, max(max_tokens), mode)
+        for k in max_tokens:
+            window = " ".join(window_tokens[:k])
+            slot[k] += any(a in window for a in answers)
+    # The official script's arithmetic: (hit / count) * 100 per language, statistics.mean over languages.
+    per_language = {lang: {"count": counts[lang], **{f"R@{k // 1000}kt": (hits[lang][k] / counts[lang]) * 100
+                                                     for k in max_tokens}} for lang in counts}
+    macro = {}
+    if per_language:
+        macro = {"count": sum(counts.values()),
+                 **{f"R@{k // 1000}kt": statistics.mean(v[f"R@{k // 1000}kt"] for v in per_language.values())
+                    for k in max_tokens}}
+    if missing:
+        how = "not counted, as in the official script" if mode == "official" else "scored as misses"
+        logger.warning("%d gold questions have no retrieved passages (%s)", missing, how)
+    if extra:
+        logger.warning("%d ranked lists have ids that are not in the gold file; ignored", extra)
+    if duplicates:
+        how = "each counted, as in the official script" if mode == "official" else "the first one used"
+        logger.warning("%d ranked lists repeat an earlier id (%s)", duplicates, how)
+    yes_no = sum(1 for qid in gold_by_id if not span_answers[qid])
+    return RetrieveResult(mode, per_language, macro, missing, extra, duplicates, yes_no)
+
+
+def read_ranked_contexts(path: str | os.PathLike) -> list[RankedContexts]:
+    """Retrieved passages per question, in file order, from either format:
+
+    * the official XOR-Retrieve prediction file: one JSON list of ``{"id", "lang", "ctxs": [text, ...]}`` (a
+      ctx may also be a DPR-style object with a ``text`` field);
+    * ``cora retrieve`` output: JSON lines ``{"id", "lang", "hits": [{"text", ...}, ...]}``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CoraError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(path, err.lineno, f"invalid JSON ({err.msg})") from None
+        return [_ranked_row(path, None, row, "ctxs") for row in rows]
+    return [_ranked_row(path, line_no, row, "hits") for line_no, row in iter_jsonl(path)]
+
+
+def _ranked_row(path, line_no, row, key: str) -> RankedContexts:
+    where = f"item {{id: {row.get('id')!r}}}" if isinstance(row, dict) else "item"
+    if not isinstance(row, dict) or "id" not in row or not isinstance(row.get(key), list):
+        expected = ("an object {id, lang, ctxs: [passage text, ...]}" if key == "ctxs" else
+                    "a 'cora retrieve' line with hits and their text")
+        raise DataFormatError(path, line_no, f"expected {expected}")
+    texts = []
+    for ctx in row[key]:
+        t = ctx.get("text") if isinstance(ctx, dict) else ctx
+        if not isinstance(t, str):
+            hint = " (hits written with --no-text have none)" if key == "hits" else ""
+            raise DataFormatError(path, line_no, f"{where}: every passage needs its text{hint}")
+        texts.append(t)
+    lang = row.get("lang")
+    return RankedContexts(str(row["id"]), str(lang) if lang is not None else None, texts)
 
 
 # -------------------------------------------------------------------------------------------- loading
