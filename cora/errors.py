@@ -17,3 +17,7 @@ class DataFormatError(CoraError, ValueError):
 
 class FingerprintMismatch(CoraError):
     """An index was built from a different datastore than the one it is used with."""
+
+
+class OutputExists(CoraError, FileExistsError):
+    """An output already exists and the user did not ask to replace it (or it is not cora's to replace)."""
