@@ -13,20 +13,25 @@ passage in order) that indexes record, so an index is never searched against a d
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
-import io
 import json
 import logging
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cora.errors import CoraError, DataFormatError
-from cora.fileio import atomic_dir, atomic_write_json, iter_jsonl
+from cora.fileio import (
+    atomic_dir,
+    atomic_write_json,
+    check_input_file,
+    iter_jsonl,
+    iter_lines,
+    only_holds,
+    read_json,
+)
 from cora.languages import NO_SPACE_LANGS, base_code, check_language
 
 logger = logging.getLogger(__name__)
@@ -46,12 +51,6 @@ class Passage:
 
 
 # ----------------------------------------------------------------------------------------------- readers
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _require_str(obj: dict, key: str, path, line, required: bool = True) -> str:
     value = obj.get(key)
     if value is None:
@@ -77,29 +76,68 @@ def read_jsonl(path: str | os.PathLike, lang: str | None = None) -> Iterator[tup
         yield f"{path}:{line_no}", Passage(pid, plang, title, text, group)
 
 
+TSV_COLUMNS = ("id", "text", "title", "lang", "group")
+
+
+def _unquote_tsv(field: str) -> str:
+    """DPR writes its TSV with csv quoting: a field wrapped in double quotes with its inner quotes doubled. Only
+    such a field is unquoted; any other quote (an unclosed one, a leading '"Quoted" word') is text."""
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        inner = field[1:-1]
+        if '"' not in inner.replace('""', ""):
+            return inner.replace('""', '"')
+    return field
+
+
+def split_tsv_line(line: str, expected: int | None = None) -> list[str]:
+    """One TSV line into fields. A record is one line, so a stray quote can never swallow the rows after it.
+    When the plain split gives more fields than ``expected``, a tab may sit inside a quoted field: the line is
+    re-read with csv quoting (strictly, and on its own)."""
+    fields = line.split("\t")
+    if expected is not None and len(fields) > expected and '"' in line:
+        try:
+            quoted = next(csv.reader([line], delimiter="\t", strict=True))
+        except csv.Error:
+            quoted = fields
+        if len(quoted) == expected:
+            return quoted
+    return [_unquote_tsv(f) for f in fields]
+
+
 def read_w100_tsv(path: str | os.PathLike, lang: str | None = None) -> Iterator[tuple[str, Passage]]:
-    """DPR/CORA ``w100`` TSV: ``id, text, title`` plus an optional language column; a header row is optional."""
+    """DPR/CORA ``w100`` TSV: ``id, text, title`` plus an optional ``lang`` column; a header row is optional.
+
+    One passage per line, every line with the same number of columns (the header's, or 3 or 4 without one): a
+    row with more or fewer columns is an error naming the line, never silently cut or shifted."""
     path = Path(path)
-    csv.field_size_limit(sys.maxsize)
-    with _open_text(path) as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
-        columns = ["id", "text", "title", "lang"]
-        for line_no, row in enumerate(reader, 1):
-            if line_no == 1 and row and row[0].strip().lower() == "id":
-                columns = [c.strip().lower() for c in row]
-                if not {"id", "text"} <= set(columns):
-                    raise DataFormatError(path, 1, f"header {row} lacks 'id' and 'text' columns")
+    columns: list[str] | None = None
+    for line_no, line in iter_lines(path):
+        if not line.strip():
+            continue
+        if columns is None:
+            first = line.split("\t")
+            if first[0].strip().lower() == "id":
+                columns = [c.strip().lower() for c in first]
+                unknown = [c for c in columns if c not in TSV_COLUMNS]
+                if unknown or not {"id", "text"} <= set(columns) or len(set(columns)) != len(columns):
+                    raise DataFormatError(path, line_no, f"header {columns} must name 'id' and 'text' once each "
+                                          f"and only columns among {list(TSV_COLUMNS)}")
                 continue
-            if not row:
-                continue
-            if len(row) < 2:
-                raise DataFormatError(path, line_no, f"expected at least 2 tab-separated columns, got {len(row)}")
-            rec = dict(zip(columns, row, strict=False))
-            plang = rec.get("lang") or lang
-            if not plang:
-                raise DataFormatError(path, line_no, "no language column and no --lang given", field="lang")
-            pid = rec["id"]
-            yield f"{path}:{line_no}", Passage(pid, plang, rec.get("title", ""), rec["text"], rec.get("group") or pid)
+            if len(first) not in (3, 4):
+                raise DataFormatError(path, line_no, f"{len(first)} tab-separated columns; without a header row a "
+                                      "w100 TSV has 3 (id, text, title) or 4 (id, text, title, lang); add a header "
+                                      f"naming the columns (among {', '.join(TSV_COLUMNS)})")
+            columns = list(TSV_COLUMNS[: len(first)])
+        row = split_tsv_line(line, len(columns))
+        if len(row) != len(columns):
+            raise DataFormatError(path, line_no, f"{len(row)} tab-separated columns where the file has "
+                                  f"{len(columns)} ({', '.join(columns)})")
+        rec = dict(zip(columns, row, strict=True))
+        plang = rec.get("lang") or lang
+        if not plang:
+            raise DataFormatError(path, line_no, "no language column and no --lang given", field="lang")
+        pid = rec["id"]
+        yield f"{path}:{line_no}", Passage(pid, plang, rec.get("title", ""), rec["text"], rec.get("group") or pid)
 
 
 @dataclass(frozen=True)
@@ -117,11 +155,7 @@ def iter_squad_paragraphs(path: str | os.PathLike, articles: Iterable[int] | Non
     """Every paragraph of a SQuAD-format file with its passage id ``{file stem}:{article}:{paragraph}`` and its
     group (smallest question id, so parallel files such as XQuAD group across languages)."""
     path = Path(path)
-    with _open_text(path) as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(path, err.lineno, f"invalid JSON ({err.msg})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataFormatError(path, None, "not SQuAD format: expected an object with a 'data' list", field="data")
     keep = set(articles) if articles is not None else None
@@ -208,8 +242,7 @@ def read_source(
     path: str | os.PathLike, fmt: str = "auto", lang: str | None = None, keep_titles: bool = True
 ) -> Iterator[tuple[str, Passage]]:
     """Read one source file in any supported format as ``(location, passage)`` pairs."""
-    if not Path(path).exists():
-        raise CoraError(f"{path}: no such file")
+    check_input_file(path)
     fmt = guess_format(path) if fmt == "auto" else fmt
     if fmt == "jsonl":
         return read_jsonl(path, lang)
@@ -225,6 +258,11 @@ def read_source(
 
 
 # ------------------------------------------------------------------------------------------- datastore
+def is_datastore(folder: str | os.PathLike) -> bool:
+    """A folder that holds a datastore and nothing else: the only kind ``--overwrite`` may replace."""
+    return only_holds(Path(folder), META_FILE, (META_FILE, PASSAGES_FILE))
+
+
 def _schema():
     import pyarrow as pa
 
@@ -242,8 +280,20 @@ class Datastore:
         if not meta_path.exists() or not data_path.exists():
             raise CoraError(f"{self.path} is not a cora datastore (no {META_FILE}); build one with "
                             "'cora datastore build'")
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        self.dataset = Dataset.from_file(str(data_path), in_memory=False)
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(self.meta, dict) or not isinstance(self.meta.get("size"), int) or \
+                    not isinstance(self.meta.get("fingerprint"), str) or \
+                    not isinstance(self.meta.get("languages"), dict):
+                raise ValueError("size, fingerprint or languages missing")
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CoraError(f"{meta_path} is corrupt ({str(err).splitlines()[0][:80]}); rebuild the datastore "
+                            "with 'cora datastore build'") from None
+        try:
+            self.dataset = Dataset.from_file(str(data_path), in_memory=False)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise CoraError(f"{data_path} is corrupt or truncated ({type(err).__name__}); rebuild the datastore "
+                            "with 'cora datastore build'") from None
         if len(self.dataset) != self.meta["size"]:
             raise CoraError(f"{self.path}: {len(self.dataset)} rows but {META_FILE} says {self.meta['size']}; "
                             "the datastore is corrupt, rebuild it")
@@ -269,7 +319,7 @@ class Datastore:
         groups: set[str] = set()
         multi: Counter = Counter()
         digest = hashlib.sha256()
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, overwrite=overwrite, is_kind=is_datastore, kind="datastore") as tmp:
             with pa.OSFile(str(tmp / PASSAGES_FILE), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
                 cols: dict[str, list[str]] = {f: [] for f in FIELDS}
 
