@@ -27,6 +27,10 @@ def load_config(cls: type[T], path: str | os.PathLike) -> T:
         raise CoraError(f"{path}: config file not found") from None
     except json.JSONDecodeError as err:
         raise CoraError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise CoraError(f"{path}: not UTF-8 text; the file is damaged") from None
+    if not isinstance(raw, dict):
+        raise CoraError(f"{path}: expected a JSON object; the file is damaged")
     raw.pop("type", None)
     return config_from_dict(cls, raw, source=str(path))
 
@@ -36,6 +40,12 @@ def config_from_dict(cls: type[T], raw: dict, source: str = "config") -> T:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise CoraError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise CoraError(f"{source}: missing field(s) {missing} for {cls.__name__}; the file is damaged or was not "
+                        "written by cora")
     return cls(**raw)
 
 

@@ -49,6 +49,10 @@ class IndexConfig:
     ntotal: int = 0
     nprobe: int = 32
     hnsw_ef_search: int = 128
+    int8: bool = field(default=False, metadata={"help": "passages were encoded with int8 dynamic quantisation"})
+    faiss_bytes: int = field(default=0, metadata={"help": "size of index.faiss, checked on load"})
+    faiss_sha256: str = field(default="", metadata={
+        "help": "SHA-256 of index.faiss, checked on load: a damaged file is refused instead of searched"})
 
 
 def auto_factory(n: int, dim: int) -> str:
@@ -80,6 +84,45 @@ def shard_range(i: int, n: int, size: int) -> tuple[int, int]:
     return i * size // n, (i + 1) * size // n
 
 
+def is_int8(encoder) -> bool:
+    """Whether ``encoder`` runs int8-quantised linear layers (``Encoder.quantize_int8``): its vectors differ
+    from fp32 ones, so a shard records it and a resume never mixes the two."""
+    model = getattr(encoder, "model", None)
+    return model is not None and any(type(m).__module__.startswith("torch.ao.nn.quantized")
+                                     for m in model.modules())
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    """SHA-256 of a file, streamed in 4 MiB blocks (a 3 GB index never sits in memory twice)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_index(folder: str | os.PathLike) -> bool:
+    """A folder that holds a cora index, finished or with shards still being encoded, and nothing else: the only
+    kind of folder 'cora index build --out' writes into."""
+    from cora.fileio import only_holds
+
+    names = (CONFIG_FILE, INDEX_FILE, SHARD_DIR, "encoder")
+    return only_holds(Path(folder), CONFIG_FILE, names) or only_holds(Path(folder), SHARD_DIR, names)
+
+
+def check_index_output(out: str | os.PathLike, overwrite: bool, inputs=()) -> Path:
+    """The rule for outputs (:func:`cora.fileio.check_output`) for an index folder: a finished index is replaced
+    only with ``overwrite``; a folder of shards still being encoded is resumed (shards run as parallel
+    processes into one folder)."""
+    from cora.fileio import check_output
+
+    out = Path(out)
+    return check_output(out, overwrite=overwrite or not (out / CONFIG_FILE).exists(), inputs=inputs,
+                        kind="index", is_kind=is_index)
+
+
 def _shard_paths(out: Path, i: int, n: int) -> tuple[Path, Path]:
     stem = out / SHARD_DIR / f"emb-{i:05d}-of-{n:05d}"
     return stem.with_suffix(".npy"), stem.with_suffix(".json")
@@ -98,16 +141,18 @@ def encode_shard(
     emb_path, state_path = _shard_paths(out, i, n)
     emb_path.parent.mkdir(parents=True, exist_ok=True)
     state = {"shard": i, "num_shards": n, "start": start, "stop": stop, "done": start,
-             "fingerprint": datastore.fingerprint, "encoder": asdict(encoder.config)}
+             "fingerprint": datastore.fingerprint, "encoder": asdict(encoder.config), "int8": is_int8(encoder)}
+    keys = ("start", "stop", "fingerprint", "encoder", "int8")
     if state_path.exists() and emb_path.exists():
-        old = json.loads(state_path.read_text())
-        same = {k: old.get(k) for k in ("start", "stop", "fingerprint", "encoder")} == \
-            {k: state[k] for k in ("start", "stop", "fingerprint", "encoder")}
+        old = _read_state(state_path)
+        # A state written before int8 was recorded is fp32 (int8 then only existed as this flag's absence).
+        same = {k: old.get(k, False if k == "int8" else None) for k in keys} == {k: state[k] for k in keys}
         if same:
             state["done"] = old["done"]
             mm = np.load(emb_path, mmap_mode="r+")
         else:
-            logger.warning("shard %d/%d in %s was made for another datastore or encoder; re-encoding", i, n, out)
+            logger.warning("shard %d/%d in %s was made for another datastore or encoder (or with%s --int8); "
+                           "re-encoding it from the start", i, n, out, "" if old.get("int8") else "out")
             mm = None
     else:
         mm = None
@@ -130,6 +175,16 @@ def encode_shard(
     return emb_path
 
 
+def _read_state(path: Path) -> dict:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise CoraError(f"{path} is corrupt; delete it and rerun 'cora index build' for that shard") from None
+    if not isinstance(state, dict) or not {"shard", "num_shards", "start", "stop", "done", "fingerprint"} <= set(state):
+        raise CoraError(f"{path} is not a shard state written by cora; delete it and rerun that shard")
+    return state
+
+
 def merge_shards(
     out: str | os.PathLike, datastore: Datastore, factory: str, encoder_name: str, encoder_config: EncoderConfig,
     train_sample: int = 200_000, add_chunk: int = 100_000, seed: int = 0, clean: bool = True,
@@ -141,7 +196,7 @@ def merge_shards(
     states = sorted((out / SHARD_DIR).glob("emb-*.json")) if (out / SHARD_DIR).exists() else []
     if not states:
         raise CoraError(f"{out}: no encoded shards; run 'cora index build ... --shard i/n' first")
-    metas = [json.loads(p.read_text()) for p in states]
+    metas = [_read_state(p) for p in states]
     counts = {m["num_shards"] for m in metas}
     if len(counts) != 1:
         raise CoraError(f"{out}/{SHARD_DIR} mixes shard counts {sorted(counts)}; remove the stale ones")
@@ -151,6 +206,10 @@ def merge_shards(
     if missing:
         raise CoraError(f"{out}: shards {missing} of {n} are missing; encode them with --shard i/{n}")
     metas.sort(key=lambda m: m["shard"])
+    int8 = {bool(m.get("int8", False)) for m in metas}
+    if len(int8) != 1:
+        raise CoraError(f"{out}: some shards were encoded with --int8 and some without; re-encode the odd ones "
+                        "with the same setting")
     for m in metas:
         if m["fingerprint"] != datastore.fingerprint:
             raise FingerprintMismatch(f"{out}: shard {m['shard']} was encoded from another datastore")
@@ -186,7 +245,7 @@ def merge_shards(
     config = IndexConfig(
         factory=factory, encoder=encoder_name, encoder_config=asdict(encoder_config),
         datastore=str(datastore.path.resolve()), datastore_fingerprint=datastore.fingerprint,
-        datastore_size=len(datastore), dim=dim, ntotal=int(index.ntotal),
+        datastore_size=len(datastore), dim=dim, ntotal=int(index.ntotal), int8=int8.pop(),
     )
     dense = DenseIndex(index, config)
     dense.save(out)
@@ -229,11 +288,18 @@ class DenseIndex:
     def save(self, out: str | os.PathLike) -> None:
         import faiss
 
+        from cora.fileio import remove_stale_temporaries
+
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{INDEX_FILE}.tmp-{os.getpid()}"
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, out / INDEX_FILE)
+        remove_stale_temporaries(out / INDEX_FILE)
+        tmp = out / f".{INDEX_FILE}.tmp-{os.getpid()}-"
+        try:
+            faiss.write_index(self.index, str(tmp))
+            self.config.faiss_bytes, self.config.faiss_sha256 = tmp.stat().st_size, file_sha256(tmp)
+            os.replace(tmp, out / INDEX_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
         save_config(self.config, out / CONFIG_FILE)
 
     @classmethod
@@ -245,6 +311,14 @@ class DenseIndex:
             raise CoraError(f"{folder} is not a cora index (needs {CONFIG_FILE} and {INDEX_FILE}); "
                             "build one with 'cora index build'")
         config = load_config(IndexConfig, folder / CONFIG_FILE)
+        path = folder / INDEX_FILE
+        if config.faiss_sha256:
+            if path.stat().st_size != config.faiss_bytes or file_sha256(path) != config.faiss_sha256:
+                raise CoraError(f"{path} is corrupt or truncated: its size or SHA-256 differs from the one "
+                                f"{CONFIG_FILE} records; rebuild the index with 'cora index build'")
+        else:
+            logger.warning("%s records no checksum of %s (built by an older cora): it cannot be checked for "
+                           "damage; rebuild it to add one", folder / CONFIG_FILE, INDEX_FILE)
         try:
             index = faiss.read_index(str(folder / INDEX_FILE))
         except RuntimeError:
