@@ -12,6 +12,7 @@ from cora.config import load_config, save_config
 from cora.errors import CoraError
 from cora.languages import check_language, detect_language
 from cora.models import SHIPPED_ENCODERS
+from cora.questions import check_question
 from cora.reader.base import DEFAULT_READER, SHIPPED_READERS, Answer, Reader, load_reader
 from cora.reader.projection import project_answer
 from cora.retriever import Retriever
@@ -40,6 +41,19 @@ class PipelineConfig:
     projection: bool = field(default=True, metadata={"help": "project answers through language links"})
     projection_method: str = field(default="reread", metadata={"help": "'reread' the linked passage with the "
                                                                        "question, or 'align' the span into it"})
+
+
+def check_pipeline_parts(index: str | os.PathLike, reader: str | os.PathLike) -> None:
+    """A pipeline must point at an index and a reader that exist, so that it fails when created, not when used."""
+    from cora.index import CONFIG_FILE, INDEX_FILE
+    from cora.reader.base import READER_CONFIG_FILE
+
+    if not (Path(index) / CONFIG_FILE).is_file() or not (Path(index) / INDEX_FILE).is_file():
+        raise CoraError(f"--index {index} is not a cora index (needs {CONFIG_FILE} and {INDEX_FILE}); build one "
+                        "with 'cora index build'")
+    if str(reader) not in SHIPPED_READERS and not (Path(reader) / READER_CONFIG_FILE).is_file():
+        raise CoraError(f"--reader {reader} is not a cora reader (no {READER_CONFIG_FILE}); give a reader folder "
+                        f"or a shipped reader name ({', '.join(SHIPPED_READERS)})")
 
 
 class Pipeline:
@@ -75,6 +89,7 @@ class Pipeline:
                **kw) -> Path:
         """Write a pipeline.json that points at an index and a reader (absolute paths; a shipped reader by name)."""
         folder = Path(folder)
+        check_pipeline_parts(index, reader)
         folder.mkdir(parents=True, exist_ok=True)
         reader = str(reader) if str(reader) in SHIPPED_READERS else str(Path(reader).resolve())
         query = kw.pop("query_encoder", None)
@@ -97,8 +112,8 @@ class Pipeline:
         if len(langs) != len(questions):
             raise CoraError(f"{len(questions)} questions but {len(langs)} languages")
         for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise CoraError("empty question: ask something")
+            if problem := check_question(q):
+                raise CoraError(problem)
         langs = [check_language(lang) if lang else detect_language(q) for q, lang in zip(questions, langs,
                                                                                           strict=True)]
         hits = self.retriever.search_batch(list(questions), k=k, langs=langs)

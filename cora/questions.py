@@ -13,6 +13,20 @@ from cora.fileio import iter_jsonl
 from cora.languages import check_language
 
 
+def check_question(text: object) -> str:
+    """A question must hold at least one letter or digit. One of only punctuation, symbols, emoji or invisible
+    characters (zero-width spaces, joiners, variation selectors) would still be encoded, retrieved for and read,
+    and get an answer scored like a real one: it is refused instead. Returns the reason, or '' when it is fine."""
+    import unicodedata
+
+    if not isinstance(text, str) or not text.strip():
+        return "empty question: ask something"
+    if not any(unicodedata.category(c)[0] in "LN" for c in text):
+        return ("question without letters or digits (only punctuation, symbols, emoji or invisible characters): "
+                "ask something")
+    return ""
+
+
 @dataclass
 class Question:
     id: str
@@ -41,6 +55,8 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
         qid, text = str(obj["id"]), obj["question"]
         if not isinstance(text, str) or not text.strip():
             raise DataFormatError(path, line_no, "must be a non-empty string", field="question")
+        if problem := check_question(text):
+            raise DataFormatError(path, line_no, problem, field="question")
         if qid in seen:
             raise DataFormatError(path, line_no, f"duplicate question id {qid!r}", field="id")
         seen.add(qid)

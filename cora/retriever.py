@@ -17,6 +17,7 @@ from cora.errors import CoraError
 from cora.index import DenseIndex
 from cora.languages import base_code, detect_language
 from cora.models import Encoder, check_shares_passages
+from cora.questions import check_question
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ class Retriever:
         if k < 1:
             raise CoraError(f"k must be at least 1, got {k}")
         for q in questions:
-            if not isinstance(q, str) or not q.strip():
-                raise CoraError("empty question: ask something")
+            if problem := check_question(q):
+                raise CoraError(problem)
         if k > len(self.index):
             logger.warning("k=%d is larger than the datastore (%d passages); returning all of them", k,
                            len(self.index))
