@@ -7,7 +7,9 @@ Every subcommand lives in the module that owns its work and registers itself her
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 from cora.errors import CoraError
@@ -53,11 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise for users
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except CoraError as err:
         # User mistakes get one line that says what to do, never a traceback.
         print(f"cora: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of our output went away ('cora datastore info X | head -3'): stop quietly, as Unix tools do.
+        # Point stdout at /dev/null so that the interpreter's last flush does not raise again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ def register(sub) -> None:
                         "the index's passage tower, e.g. the shipped 'mdpr-me5-small' over a me5-small index")
     c.add_argument("--out", required=True, help="pipeline folder")
     c.add_argument("--k", type=int, default=10, help="passages read per question (default 10)")
+    c.add_argument("--overwrite", action="store_true", help="replace the pipeline.json of an existing --out")
     c.add_argument("--no-projection", action="store_true", help="do not project answers through language links")
     c.add_argument("--hybrid", action="store_true",
                    help="fuse BM25 in for questions whose language the datastore holds (off by default: on XQuAD dev "
@@ -38,6 +39,7 @@ def register(sub) -> None:
     a.add_argument("--questions", required=True, help="questions JSONL ({id, question, lang?})")
     a.add_argument("--out", required=True, help="predictions JSON to write ({id: answer})")
     a.add_argument("--details", help="also write one JSON line per question with evidence and scores")
+    a.add_argument("--overwrite", action="store_true", help="replace --out and --details if they exist")
     a.add_argument("--k", type=int, help="passages read per question (default: the pipeline's)")
     a.add_argument("--batch-size", type=int, default=32,
                    help="questions retrieved and read together (default 32; 1 = one at a time)")
@@ -48,8 +50,10 @@ def register(sub) -> None:
 
 
 def _create(args) -> int:
-    from cora.pipeline import Pipeline
+    from cora.fileio import check_output
+    from cora.pipeline import PIPELINE_FILE, Pipeline
 
+    check_output(f"{args.out}/{PIPELINE_FILE}", overwrite=args.overwrite)
     Pipeline.create(args.out, args.index, args.reader, k=args.k, projection=not args.no_projection,
                     query_encoder=args.query_encoder, hybrid=args.hybrid)
     print(f"pipeline written to {args.out}")
@@ -59,10 +63,13 @@ def _create(args) -> int:
 def _answer(args) -> int:
     from tqdm.auto import tqdm
 
-    from cora.fileio import atomic_write_json, atomic_write_text
+    from cora.fileio import atomic_write_json, atomic_write_text, check_output
     from cora.pipeline import Pipeline
     from cora.questions import read_questions
 
+    for out in (args.out, args.details):
+        if out:
+            check_output(out, overwrite=args.overwrite, inputs=[args.questions, args.pipeline])
     questions = read_questions(args.questions)
     if not questions:
         raise CoraError(f"{args.questions}: no questions")

@@ -6,8 +6,8 @@ import argparse
 import itertools
 import json
 
-from cora.datastore import FORMATS, Datastore, read_source
-from cora.errors import CoraError
+from cora.datastore import FORMATS, Datastore, is_datastore, read_source
+from cora.fileio import check_output
 
 
 def register(sub) -> None:
@@ -36,7 +36,8 @@ def register(sub) -> None:
     b.add_argument("--lang", help="language of every source that has none of its own")
     b.add_argument("--no-titles", action="store_true",
                    help="drop SQuAD article titles (XQuAD's are English in every language)")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing datastore folder")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing datastore (only a folder that holds a cora datastore and nothing else)")
     b.set_defaults(func=_build)
 
     i = dsub.add_parser("info", help="passage counts per language and group statistics",
@@ -54,15 +55,14 @@ def _split_source(spec: str, default_lang: str | None) -> tuple[str, str | None]
 
 
 def _build(args) -> int:
-    readers = []
+    readers, paths = [], []
     for spec in args.sources:
         path, lang = _split_source(spec, args.lang)
+        paths.append(path)
         readers.append(read_source(path, args.format, lang, keep_titles=not args.no_titles))
-    try:
-        ds = Datastore.build(itertools.chain.from_iterable(readers), args.out, overwrite=args.overwrite,
-                             sources=list(args.sources))
-    except FileExistsError as err:
-        raise CoraError(str(err)) from None
+    check_output(args.out, overwrite=args.overwrite, inputs=paths, kind="datastore", is_kind=is_datastore)
+    ds = Datastore.build(itertools.chain.from_iterable(readers), args.out, overwrite=args.overwrite,
+                         sources=list(args.sources))
     _print_info(ds.info())
     return 0
 

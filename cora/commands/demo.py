@@ -21,7 +21,10 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--data", default=str(REPO_SAMPLE), help="folder with passages.jsonl and questions.jsonl")
-    p.add_argument("--out", help="where to put the datastore, index and pipeline (default: $CORA_HOME/demo)")
+    p.add_argument("--out", help="where to put the datastore, index and pipeline (default: $CORA_HOME/demo, "
+                                 "replaced on every run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the datastore, index and pipeline already in --out (only cora's own folders)")
     p.add_argument("--encoder", default="me5-small", help="encoder (default me5-small)")
     p.add_argument("--query-encoder", default="mdpr-me5-small",
                    help="query tower over the --encoder index (default: the shipped mdpr-me5-small, used for "
@@ -32,18 +35,23 @@ def register(sub) -> None:
 
 
 def run_demo(args) -> int:
-    from cora.datastore import Datastore, read_jsonl
+    from cora.datastore import Datastore, is_datastore, read_jsonl
     from cora.evaluation.xor import score_one
-    from cora.index import build_index
+    from cora.fileio import check_output
+    from cora.index import build_index, check_index_output
     from cora.models import Encoder, cora_home
-    from cora.pipeline import Pipeline
+    from cora.pipeline import PIPELINE_FILE, Pipeline
     from cora.questions import read_questions
 
     data = Path(args.data)
     if not (data / "passages.jsonl").exists():
         raise CoraError(f"{data} has no passages.jsonl; pass --data pointing at data/sample of a cora checkout")
     out = Path(args.out) if args.out else cora_home() / "demo"
-    ds = Datastore.build(read_jsonl(data / "passages.jsonl"), out / "datastore", overwrite=True,
+    replace = args.overwrite or not args.out  # the default folder is cora's own, rebuilt on every run
+    check_output(out / "datastore", overwrite=replace, inputs=[data], kind="datastore", is_kind=is_datastore)
+    check_index_output(out / "index", replace, inputs=[data])
+    check_output(out / "pipeline" / PIPELINE_FILE, overwrite=replace, inputs=[data])
+    ds = Datastore.build(read_jsonl(data / "passages.jsonl"), out / "datastore", overwrite=replace,
                          sources=[str(data / "passages.jsonl")])
     encoder = Encoder.from_pretrained(args.encoder)
     build_index(ds, encoder, out / "index", args.encoder, factory="Flat", show_progress=False)

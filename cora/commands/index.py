@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from cora.datastore import Datastore
-from cora.index import DenseIndex, build_index, merge_shards, parse_shard
+from cora.index import DenseIndex, build_index, check_index_output, merge_shards, parse_shard
 
 
 def register(sub) -> None:
@@ -31,6 +31,8 @@ def register(sub) -> None:
     b.add_argument("--shard", help="encode only shard i of n, e.g. 0/4")
     b.add_argument("--batch-size", type=int, default=32, help="passages per forward pass (default 32)")
     b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace a finished index in --out (a folder of unfinished shards is resumed without it)")
     b.add_argument("--int8", action="store_true",
                    help="CPU only: int8 dynamic quantisation of the encoder's linear layers (faster; see the "
                         "README's Performance section for the measured speed-up and recall cost)")
@@ -57,6 +59,7 @@ def _build(args) -> int:
     from cora.models import Encoder
 
     shard = parse_shard(args.shard) if args.shard else None
+    check_index_output(args.out, args.overwrite, inputs=[args.datastore])
     ds = Datastore(args.datastore)
     encoder = Encoder.from_pretrained(args.encoder, device=args.device)
     if args.int8:

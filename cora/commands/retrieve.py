@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--query-encoder",
                    help="encode questions with this encoder instead of the index's own; it must share the index's "
                         "passage tower (e.g. 'mdpr-me5-small', a LoRA query tower, over a me5-small index)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-text", action="store_true", help="omit passage text from the output")
     p.add_argument("--hybrid", action="store_true",
                    help="fuse BM25 into the ranking of questions whose language the datastore holds (RRF)")
@@ -32,13 +33,14 @@ def register(sub) -> None:
 
 
 def _retrieve(args) -> int:
-    from cora.fileio import atomic_write_text
+    from cora.fileio import atomic_write_text, check_output
     from cora.languages import detect_language
     from cora.questions import read_questions
     from cora.retriever import Retriever
 
     if args.k < 1:
         raise CoraError(f"--k must be at least 1, got {args.k}")
+    check_output(args.out, overwrite=args.overwrite, inputs=[args.questions, args.index, args.datastore])
     questions = read_questions(args.questions)
     retriever = Retriever.from_pretrained(args.index, datastore=args.datastore, device=args.device,
                                           query_encoder=args.query_encoder)
