@@ -19,7 +19,7 @@ def _bench_path(monkeypatch):
 
 @pytest.mark.parametrize("name, key", [("encode", "rows"), ("search", "rows"), ("generate", "rows"),
                                        ("answer", "rows"), ("scale", "rows"),
-                                       ("serve_load", "rows")])
+                                       ("serve_load", "rows"), ("precision", "rows")])
 def test_quick_mode_runs_and_writes_results(name, key, tmp_path, capsys):
     module = importlib.import_module(name)
     out = tmp_path / f"{name}.json"
@@ -38,7 +38,7 @@ def test_quick_mode_runs_and_writes_results(name, key, tmp_path, capsys):
 
 
 def test_every_script_documents_itself(capsys):
-    for name in ("encode", "search", "generate", "answer", "scale", "serve_load"):
+    for name in ("encode", "search", "generate", "answer", "scale", "serve_load", "precision"):
         module = importlib.import_module(name)
         with pytest.raises(SystemExit) as exit_:
             module.main(["--help"])

@@ -195,13 +195,27 @@ def test_projection_by_alignment_cites_both_passages(partial_reader, tmp_path):
 
 def test_shipped_reader_is_small_and_loads():
     from cora.reader.base import SHIPPED_READERS, resolve_reader
+    from cora.reader.extractive import delta_files
 
     resources = Path(__file__).resolve().parents[1] / "cora" / "resources"
     shipped = [f for f in resources.rglob("*") if f.is_file() and f.suffix == ".safetensors"]
     assert shipped, "no shipped weights in cora/resources"
     assert sum(f.stat().st_size for f in shipped) <= 30 * 1024 * 1024
+    assert all(f.stat().st_size <= 5 * 1024 * 1024 for f in shipped)  # every file under the 5 MiB limit
     for name in SHIPPED_READERS:
         folder = resolve_reader(name)
         config = json.loads((folder / "reader_config.json").read_text())
         assert config["backend"] == "extractive" and config["model"] == "me5-small"
-        assert (folder / DELTA_FILE).exists()
+        assert delta_files(folder)
+
+
+def test_shipped_reader_answers_from_the_right_passage():
+    """The shipped 4-bit reader loads onto me5-small and reads the answer from the passage that holds it."""
+    reader = load_reader("me5-small-reader", device="cpu")
+    passages = [Passage("tea-en", "en", "Tea", "Tea is an aromatic drink made from the leaves of Camellia sinensis.",
+                        "tea"),
+                Passage("nile-en", "en", "Nile", "The Nile is a major river in Africa. It flows north into the "
+                                                 "Mediterranean Sea and is about 6,650 km long.", "nile")]
+    answer = reader.read("How long is the Nile?", passages, "en")
+    assert answer.evidence[0].passage_id == "nile-en"
+    assert answer.text == "about 6,650 km" or answer.text == "6,650 km"
