@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -62,10 +63,72 @@ def test_official_end_to_end_fixture_metrics():
     }
 
 
-def test_missing_prediction_scores_zero_at_every_threshold():
+def test_official_verbose_figures_on_the_fixture():
+    # mkqa_eval.py -v adds EM/F1 as predicted. By hand on the fixture: answerable 'Ridley Scott' exact (F1 1),
+    # 'Hafþór Júlíus `` Thor '' Björnsson' vs 'Hafþór Júlíus Björnsson' F1 2*(3/4*1)/(3/4+1) = 6/7, the date
+    # answer wrong; all three unanswerable questions got a text, so none is right without a threshold.
+    from .conftest import shared_data
+
+    records = mkqa.read_original(shared_data("mkqa", "mkqa_sample_original_format.jsonl.gz"))
+    preds = mkqa.read_mkqa_predictions(shared_data("mkqa", "mkqa_sample_en_prediction.jsonl"))
+    gold = {str(r["example_id"]): mkqa.gold_answers(r, "en") for r in records}
+    result = mkqa.evaluate(preds, gold, "en")
+    assert result.metrics == {
+        "best_em": 66.67, "best_f1": 80.95, "best_answerable_em": 33.33, "best_answerable_f1": 61.9,
+        "best_unanswerable_em": 100.0, "best_f1_threshold": -6.91,
+        "exact_match": round(100 / 6, 2), "f1": round(100 * (1 + 6 / 7) / 6, 2),
+        "answerable_exact_match": round(100 / 3, 2), "answerable_f1": round(100 * (1 + 6 / 7) / 3, 2),
+        "unanswerable_exact_match": 0.0,
+    }
+    assert (result.scored, result.missing, result.extra, result.warnings()) == (6, 0, 0, [])
+
+
+def test_tied_no_answer_probs_are_taken_in_prediction_file_order():
+    # 'a' is answerable and predicted right, 'b' unanswerable but predicted with text; both at no_answer_prob 0.5.
+    # The search starts at 1 (b right as "no answer"). Taking a then b: 1 -> 2 (best, threshold 0.5) -> 1, so
+    # best_f1 = 2/2. Taking b then a: 1 -> 0 -> 1, never above 1: best_f1 = 1/2 at threshold 0.
     gold = {"a": ["x"], "b": [""]}
-    metrics = best_threshold_metrics({"a": Prediction("a", "x")}, gold, "en")
-    assert metrics["best_answerable_em"] == 100.0 and metrics["best_unanswerable_em"] == 0.0
+    a, b = Prediction("a", "x", None, 0.5), Prediction("b", "y", None, 0.5)
+    a_first = best_threshold_metrics({"a": a, "b": b}, gold, "en")
+    b_first = best_threshold_metrics({"b": b, "a": a}, gold, "en")
+    assert (a_first["best_f1"], a_first["best_f1_threshold"]) == (100.0, 0.5)
+    assert (b_first["best_f1"], b_first["best_f1_threshold"]) == (50.0, 0.0)
+
+
+def test_missing_and_extra_ids_are_counted_and_the_rest_scored_as_officially(caplog):
+    # The official script stops on both; cora scores the ids the two files share, and says so.
+    gold = {"a": ["x"], "b": ["y"], "c": [""]}
+    preds = {"a": Prediction("a", "x", None, 0.1), "c": Prediction("c", "", None, 0.9),
+             "z": Prediction("z", "q", None, 0.0)}
+    result = mkqa.evaluate(preds, gold, "en")
+    assert (result.scored, result.missing, result.extra) == (2, 1, 1)
+    shared = mkqa.evaluate({k: preds[k] for k in ("a", "c")}, {k: gold[k] for k in ("a", "c")}, "en")
+    assert result.metrics == shared.metrics
+    assert result.metrics["exact_match"] == 100.0 and result.metrics["best_f1"] == 100.0
+    assert "1 gold examples have no prediction and 1 predictions have no gold example" in result.warnings()[0]
+    assert "the official script stops on these" in caplog.text
+
+
+def test_an_empty_split_is_nan_with_a_warning():
+    result = mkqa.evaluate({"a": Prediction("a", "x")}, {"a": ["x"]}, "en")
+    assert math.isnan(result.metrics["best_unanswerable_em"]) and math.isnan(result.metrics["unanswerable_exact_match"])
+    assert result.metrics["best_answerable_em"] == 100.0 and result.empty_splits == ["unanswerable"]
+    assert "no unanswerable question among the 1 scored" in result.warnings()[0]
+
+
+def test_converter_keeps_the_empty_alternative_that_official_scoring_keeps():
+    # A record with a real answer and a null-text one: officially, answers are {"A", ""}, so the question is
+    # answerable and an empty prediction is right (F1 = EM = 1).
+    record = {"example_id": 3, "queries": {"en": "q3?"},
+              "answers": {"en": [{"type": "entity", "text": "A", "aliases": []},
+                                 {"type": "unanswerable", "text": None}]}}
+    assert mkqa.gold_answers(record, "en") == ["A", ""]
+    rows = mkqa.convert_to_xor([record], ["en"])["en"]
+    assert rows[0]["answers"] == ["A", mkqa.NO_ANSWER]
+    table = mkqa.xor_format_metrics({"3_en": ""}, rows)
+    assert (table["en"]["em"], table["en"]["f1"]) == (100.0, 100.0)
+    official = mkqa.evaluate({"3": Prediction("3", "")}, {"3": mkqa.gold_answers(record, "en")}, "en").metrics
+    assert (official["exact_match"], official["f1"], official["answerable_f1"]) == (100.0, 100.0, 100.0)
 
 
 def test_converter_keeps_exactly_the_asked_locales_and_marks_unanswerable():

@@ -53,12 +53,16 @@ def register(sub) -> None:
     r.set_defaults(func=_xor_retrieve)
 
     m = esub.add_parser("mkqa", help="MKQA: EM/F1 per locale with the official normalisation",
-                        description="MKQA evaluation. With an original-schema gold file (.jsonl.gz) and MKQA "
-                                    "prediction JSONL (example_id, prediction, binary_answer, no_answer_prob): the "
-                                    "official best-threshold metrics for --lang. With XOR-format gold files "
-                                    "(mkqa-xx.jsonl) and a {id: answer} JSON: EM/F1 per locale.")
+                        description="MKQA evaluation. With MKQA prediction JSONL (example_id, prediction, "
+                                    "binary_answer, no_answer_prob; what 'cora answer --format mkqa' writes): "
+                                    "ml-mkqa's official metrics (mkqa_eval.py -v: best-threshold EM/F1, the "
+                                    "threshold, then EM/F1 as given), against an original-schema gold file "
+                                    "(.jsonl.gz, locale --lang) or one XOR-format file (mkqa-xx.jsonl, its ids "
+                                    "without the _xx suffix). Ids the official script would stop on (missing or "
+                                    "extra) and empty splits (NaN) are counted and reported. With XOR-format gold "
+                                    "files and a {id: answer} JSON: EM/F1 per locale, no threshold.")
     m.add_argument("--gold", required=True, nargs="+", help="original .jsonl(.gz) or XOR-format JSONL file(s)")
-    m.add_argument("--pred", required=True, help="predictions (MKQA JSONL, or {id: answer} JSON for XOR format)")
+    m.add_argument("--pred", required=True, help="predictions: MKQA JSONL, or {id: answer} JSON (XOR format only)")
     m.add_argument("--lang", default="en", help="locale for the original schema (default en)")
     _outputs(m)
     m.set_defaults(func=_mkqa)
@@ -66,7 +70,8 @@ def register(sub) -> None:
     c = esub.add_parser("mkqa-convert", help="convert original MKQA to XOR-format files per locale",
                         description="Write mkqa-{locale}.jsonl in the XOR format for exactly the locales given "
                                     "(all 26 when --langs is omitted). Unanswerable questions get the answer "
-                                    "'No Answer', the placeholder the evaluators recognise.")
+                                    "'No Answer', the placeholder the evaluators recognise; a question with real "
+                                    "answers and an empty one keeps 'No Answer' as its last alternative.")
     c.add_argument("--gold", required=True, help="original MKQA .jsonl(.gz)")
     c.add_argument("--langs", nargs="+", help="locales to write (default: all)")
     c.add_argument("--out", required=True, help="output folder")
@@ -79,11 +84,11 @@ def _outputs(p) -> None:
     p.add_argument("--plot", help="write a per-language bar chart (PNG) here")
 
 
-def _emit(args, table: dict, metrics: list[str], report: dict, title: str) -> None:
+def _emit(args, table: dict, metrics: list[str], report: dict, title: str, digits: int = 1) -> None:
     from cora.evaluation.report import format_table, plot_per_language
     from cora.fileio import atomic_write_json
 
-    print(format_table(table, metrics))
+    print(format_table(table, metrics, digits))
     if args.json_out:
         atomic_write_json(args.json_out, report)
     if args.plot:
@@ -117,6 +122,7 @@ def _xor_retrieve(args) -> int:
 
 def _mkqa(args) -> int:
     from cora.evaluation import mkqa
+    from cora.evaluation.xor import read_gold_jsonl, read_predictions
 
     first = args.gold[0]
     if first.endswith(".gz") or _is_original(first):
@@ -124,17 +130,16 @@ def _mkqa(args) -> int:
             raise CoraError("give one original-schema MKQA file")
         records = mkqa.read_original(first)
         gold = {str(r["example_id"]): mkqa.gold_answers(r, args.lang) for r in records}
-        preds = mkqa.read_mkqa_predictions(args.pred)
-        missing = len(set(gold) - set(preds))
-        if missing:
-            print(f"warning: {missing} gold examples have no prediction; they score 0")
-        metrics = mkqa.best_threshold_metrics(preds, gold, args.lang)
-        table = {args.lang: {k: float(v) for k, v in metrics.items()}}
-        _emit(args, table, list(metrics), {"lang": args.lang, **metrics, "missing": missing}, f"MKQA {args.lang}")
-        return 0
-    from cora.evaluation.xor import read_gold_jsonl, read_predictions
-
+        return _mkqa_official(args, mkqa.read_mkqa_predictions(args.pred), gold, args.lang)
     gold_rows = [row for path in args.gold for row in read_gold_jsonl(path)]
+    if _is_mkqa_jsonl(args.pred):
+        locales = sorted({row["lang"] for row in gold_rows})
+        if len(locales) != 1:
+            raise CoraError(f"MKQA prediction lines name no locale: give the XOR-format gold file of one locale "
+                            f"(these hold {', '.join(locales)})")
+        gold = {mkqa.mkqa_example_id(row["id"], locales[0]): mkqa.xor_gold_answers(row["answers"])
+                for row in gold_rows}
+        return _mkqa_official(args, mkqa.read_mkqa_predictions(args.pred), gold, locales[0])
     preds = read_predictions(args.pred)
     table = mkqa.xor_format_metrics(preds, gold_rows)
     extra = len(set(preds) - {r["id"] for r in gold_rows})
@@ -143,6 +148,29 @@ def _mkqa(args) -> int:
     print(f"missing predictions (scored 0): {int(table.get('macro', {}).get('missing', 0))}; extra predictions "
           f"(ignored): {extra}")
     return 0
+
+
+def _mkqa_official(args, preds, gold, locale: str) -> int:
+    from cora.evaluation import mkqa
+
+    result = mkqa.evaluate(preds, gold, locale)
+    _emit(args, {locale: result.metrics}, list(result.metrics), result.to_dict(), f"MKQA {locale}", digits=2)
+    print(f"scored {result.scored}; gold examples without a prediction: {result.missing}; predictions without a "
+          f"gold example: {result.extra}")
+    for message in result.warnings():
+        print(f"warning: {message}")
+    return 0
+
+
+def _is_mkqa_jsonl(path: str) -> bool:
+    """Whether a prediction file is MKQA's JSONL (a first line with example_id), not a {id: answer} object."""
+    with open(path, encoding="utf-8") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "example_id" in obj
 
 
 def _is_original(path: str) -> bool:
