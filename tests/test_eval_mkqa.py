@@ -173,3 +173,70 @@ def test_cli_on_shared_files(tmp_path, capsys):
     assert main(["evaluate", "mkqa-convert", "--gold", str(orig), "--langs", "ja", "ko", "--out",
                  str(tmp_path / "conv")]) == 0
     assert sorted(p.name for p in (tmp_path / "conv").iterdir()) == ["mkqa-ja.jsonl", "mkqa-ko.jsonl"]
+
+
+def test_prediction_record_from_a_cora_answer():
+    from cora.reader.base import Answer, Evidence
+
+    source = Evidence("p-en", "en", "", "The capital is Paris.", 15, 20, 0.8)
+    target = Evidence("p-de", "de", "", "Die Hauptstadt ist Paris.", 19, 24, 0.99, role="projection")
+    projected = Answer("Paris", "de", 0.99, [source, target], projected=True)
+    # The reader's probability over the retrieved passages (the source), not the sibling re-read's.
+    assert mkqa.prediction_record("123_de", projected, "de") == {
+        "example_id": "123", "prediction": "Paris", "binary_answer": None, "no_answer_prob": pytest.approx(0.2)}
+    generated = Answer("Yes", "zh_cn", 0.25, [Evidence("p", "zh", "", "text", None, None, None)])
+    assert mkqa.prediction_record("-7_zh_cn", generated, "zh_cn") == {
+        "example_id": "-7", "prediction": "Yes", "binary_answer": "yes", "no_answer_prob": 0.75}
+    assert mkqa.prediction_record("plain-id", Answer("x", "en", 1.5), "en")["no_answer_prob"] == 0.0
+    assert mkqa.mkqa_example_id("_en", "en") == "_en"
+
+
+def test_cora_answer_mkqa_format_scored_by_cora_evaluate_mkqa(tiny_encoder_dir, tiny_encoder, datastore, tmp_path,
+                                                              capsys):
+    import torch
+
+    from cora.cli import main
+    from cora.index import build_index
+    from cora.models import _load_hf_encoder
+    from cora.pipeline import Pipeline
+    from cora.reader.base import ReaderConfig
+    from cora.reader.extractive import ExtractiveReader, SpanModel
+
+    torch.manual_seed(0)
+    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
+    ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5), device="cpu",
+                     precision="fp32").save_pretrained(tmp_path / "reader")
+    build_index(datastore, tiny_encoder, tmp_path / "index", str(tiny_encoder_dir), factory="Flat",
+                show_progress=False)
+    Pipeline.create(tmp_path / "pipe", tmp_path / "index", tmp_path / "reader", k=2)
+    questions = [{"id": f"{i}_de", "question": q, "lang": "de", "answers": ["?"]}
+                 for i, q in enumerate(["der mond umkreist die erde", "der nil ist ein fluss", "tee aus blättern"])]
+    qfile = tmp_path / "mkqa-de.jsonl"
+    qfile.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
+    out = tmp_path / "pred.jsonl"
+    assert main(["answer", "--pipeline", str(tmp_path / "pipe"), "--questions", str(qfile), "--out", str(out),
+                 "--format", "mkqa", "--device", "cpu"]) == 0
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["example_id"] for r in lines] == ["0", "1", "2"]
+    assert all(r["prediction"] and 0.0 <= r["no_answer_prob"] <= 1.0 and r["binary_answer"] is None for r in lines)
+
+    # Gold written after the fact: question 0's answer is what was predicted (right), question 1's shares no
+    # word with it (wrong), question 2 is unanswerable (a text prediction is wrong without a threshold).
+    gold = [dict(questions[0], answers=[lines[0]["prediction"]]), dict(questions[1], answers=["zzz"]),
+            dict(questions[2], answers=[mkqa.NO_ANSWER])]
+    gfile = tmp_path / "gold-de.jsonl"
+    gfile.write_text("".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gold), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["evaluate", "mkqa", "--gold", str(gfile), "--pred", str(out), "--json-out",
+                 str(tmp_path / "m.json")]) == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert {k: report[k] for k in ("exact_match", "f1", "answerable_exact_match", "answerable_f1",
+                                   "unanswerable_exact_match", "scored", "missing", "extra")} == {
+        "exact_match": 33.33, "f1": 33.33, "answerable_exact_match": 50.0, "answerable_f1": 50.0,
+        "unanswerable_exact_match": 0.0, "scored": 3, "missing": 0, "extra": 0}
+    # The threshold search starts at 1 of 3 (the unanswerable one counted right) and adds +1 for question 0, 0 for
+    # question 1 and -1 for question 2 in increasing no_answer_prob (ties in file order): it reaches 2 of 3 only
+    # if question 0 comes before question 2.
+    expected = 66.67 if lines[0]["no_answer_prob"] <= lines[2]["no_answer_prob"] else 33.33
+    assert report["best_f1"] == expected and report["lang"] == "de"
+    assert "| de |" in capsys.readouterr().out

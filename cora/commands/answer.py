@@ -31,13 +31,19 @@ def register(sub) -> None:
     c.set_defaults(func=_create)
 
     a = sub.add_parser(
-        "answer", help="answer a file of questions (official XOR-TyDi prediction format)",
+        "answer", help="answer a file of questions (XOR-TyDi or MKQA prediction format)",
         description="Answer every question of a XOR-TyDi-format JSONL file in the question's language and write "
-                    "the official prediction format {id: answer}. --details adds evidence and scores per question.",
+                    "the official prediction format {id: answer} (or MKQA's, --format mkqa). --details adds "
+                    "evidence and scores per question.",
     )
     a.add_argument("--pipeline", required=True, help="pipeline folder")
     a.add_argument("--questions", required=True, help="questions JSONL ({id, question, lang?})")
-    a.add_argument("--out", required=True, help="predictions JSON to write ({id: answer})")
+    a.add_argument("--out", required=True,
+                   help="predictions to write: {id: answer} JSON, or MKQA JSONL with --format mkqa")
+    a.add_argument("--format", choices=("xor", "mkqa"), default="xor",
+                   help="xor (default): the XOR-TyDi prediction JSON {id: answer}. mkqa: MKQA's prediction JSONL "
+                        "{example_id, prediction, binary_answer, no_answer_prob}, no_answer_prob = 1 - the reader's "
+                        "probability of its span, for 'cora evaluate mkqa'")
     a.add_argument("--details", help="also write one JSON line per question with evidence and scores")
     a.add_argument("--overwrite", action="store_true", help="replace --out and --details if they exist")
     a.add_argument("--k", type=int, help="passages read per question (default: the pipeline's)")
@@ -63,6 +69,7 @@ def _create(args) -> int:
 def _answer(args) -> int:
     from tqdm.auto import tqdm
 
+    from cora.evaluation.mkqa import prediction_record
     from cora.fileio import atomic_write_json, atomic_write_text, check_output
     from cora.pipeline import Pipeline
     from cora.questions import read_questions
@@ -76,17 +83,21 @@ def _answer(args) -> int:
     if args.batch_size < 1:
         raise CoraError(f"--batch-size must be at least 1, got {args.batch_size}")
     pipeline = Pipeline.from_pretrained(args.pipeline, device=args.device, precision=args.precision)
-    preds, details = {}, []
+    preds, details, mkqa_lines = {}, [], []
     bar = tqdm(total=len(questions), desc="answer", unit="q")
     for i in range(0, len(questions), args.batch_size):  # retrieval and reading batched across questions
         chunk = questions[i : i + args.batch_size]
         answers = pipeline.answer_batch([q.question for q in chunk], [q.lang for q in chunk], args.k)
         for q, answer in zip(chunk, answers, strict=True):
             preds[q.id] = answer.text
+            mkqa_lines.append(prediction_record(q.id, answer, answer.lang))
             details.append(json.dumps({"id": q.id, "question": q.question, **answer.to_dict()}, ensure_ascii=False))
         bar.update(len(chunk))
     bar.close()
-    atomic_write_json(args.out, preds)
+    if args.format == "mkqa":  # one line per question, in question order (ml-mkqa breaks ties by file order)
+        atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mkqa_lines))
+    else:
+        atomic_write_json(args.out, preds)
     if args.details:
         atomic_write_text(args.details, "\n".join(details) + "\n")
     print(f"wrote {len(preds)} answers to {args.out}")
