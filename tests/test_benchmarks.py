@@ -32,6 +32,10 @@ def test_quick_mode_runs_and_writes_results(name, key, tmp_path, capsys):
     if name == "serve_load":
         assert all(r["errors"] == 0 and r["requests"] == 24 for r in results["rows"])
         assert results["batching"]["questions"] == 24 * 2 + 1  # every request reached the model, plus the warm-up
+        burst = results["burst"]  # 4x capacity at once: answered or refused (503 + Retry-After) within the timeout
+        assert burst["answered"] + burst["refused_503"] == burst["burst"] and burst["answered"] >= 1
+        assert burst["retry_after_on_503"] and burst["all_within_timeout"]
+        assert burst["recovery_s"] is not None and burst["recovery_s"] <= burst["timeout_s"]
     if name == "encode":
         paths = [r["path"] for r in results["rows"]]
         assert paths[0].startswith("naive") and any(p.startswith("ours int8") for p in paths)

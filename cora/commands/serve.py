@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def register(sub) -> None:
     from cora.server import ServeConfig
@@ -35,6 +37,9 @@ def run(args) -> int:
 
     pipeline = Pipeline.from_pretrained(args.pipeline, device=args.device)
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig)})
+    if config.allowed_hosts == ServeConfig.allowed_hosts and args.host not in LOOPBACK:
+        # Listening beyond loopback: clients reach it by names the server cannot know; rebinding targets loopback.
+        config.allowed_hosts = "*" if args.host in ("0.0.0.0", "::", "") else f"{config.allowed_hosts},{args.host}"
     print(f"serving {args.pipeline} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(create_app(pipeline, config), host=args.host, port=args.port, log_level="info")
     return 0
