@@ -221,9 +221,15 @@ def main(argv=None) -> int:
             capacity = max(r["requests_per_s"] for r in rows) * args.burst_timeout_s
             n = min(args.max_burst, max(8, round(4 * capacity)))
             with serving(pipeline, ["--timeout-s", str(args.burst_timeout_s)]) as (url, _):
-                post(url + "/answer", {"question": questions[0]["question"]})  # warm-up: measures its speed
+                for _ in range(20):  # warm-up until answered: the server measures its speed on it
+                    if post(url + "/answer", {"question": questions[0]["question"]})[0] == 200:
+                        break
+                with urllib.request.urlopen(url + "/info", timeout=10) as res:
+                    before = json.loads(res.read())["load"]
                 burst = run_burst(url, questions, n, args.burst_timeout_s)
                 burst["capacity_per_timeout"] = round(capacity, 1)
+                with urllib.request.urlopen(url + "/info", timeout=10) as res:
+                    burst["server_load"] = {"before": before, "after": json.loads(res.read())["load"]}
 
     print_table(rows, ["concurrency", "requests", "requests_per_s", "p50_ms", "p95_ms", "errors"])
     print(f"server RSS: {rss_start} MB after warm-up, {rss_end} MB at the end; during: "

@@ -97,10 +97,13 @@ class _Batcher:
     def admit(self, question: str = "", lang: str | None = None, fut=None) -> _Slot | None:
         """A slot in the queue, or None when the server is full (the caller answers 503)."""
         full = self.outstanding >= self.config.max_queue
-        if not full and self.outstanding and self.seconds_per_question is not None:
-            # Batches vary in speed: keep a fifth of the timeout as margin. An idle server always admits, so one
-            # slow measurement cannot lock it into refusing (and the estimate is refreshed).
-            full = (self.outstanding + 1) * self.seconds_per_question > 0.8 * self.config.timeout_s
+        if not full and self.outstanding:
+            if self.seconds_per_question is None:  # nothing measured yet: one batch at a time
+                full = self.outstanding >= self.config.max_batch
+            else:
+                # Batches vary in speed: keep a fifth of the timeout as margin. An idle server always admits, so
+                # one slow measurement cannot lock it into refusing (and the estimate is refreshed).
+                full = (self.outstanding + 1) * self.seconds_per_question > 0.8 * self.config.timeout_s
         if full:
             self.refused += 1
             return None
@@ -167,16 +170,25 @@ class _Batcher:
         await self._run(queue, k)
 
     def _answer_live(self, queue: list[_Slot], k: int):
-        """On the model thread: answer the slots whose clients still wait, as one batch."""
-        live = [s for s in queue if not s.abandoned]
-        if not live:
-            return [], []
-        for s in live:
-            s.running = True
-        t0 = time.perf_counter()
-        answers = self.pipeline.answer_batch([s.question for s in live], [s.lang for s in live], k)
-        self.measured(time.perf_counter() - t0, len(live))
-        return live, answers
+        """On the model thread: answer the slots whose clients still wait, in model calls sized to take about a
+        quarter of the timeout at the measured speed, checking before each call who still waits; so a burst
+        wastes at most one such call on clients that left, and each call refreshes the speed estimate."""
+        done, answers = [], []
+        pending = list(queue)
+        while pending:
+            pending = [s for s in pending if not s.abandoned]
+            if not pending:
+                break
+            spq = self.seconds_per_question
+            size = len(pending) if spq is None else max(1, int(0.25 * self.config.timeout_s / spq))
+            part, pending = pending[:size], pending[size:]
+            for s in part:
+                s.running = True
+            t0 = time.perf_counter()
+            answers += self.pipeline.answer_batch([s.question for s in part], [s.lang for s in part], k)
+            self.measured(time.perf_counter() - t0, len(part))
+            done += part
+        return done, answers
 
     async def _run(self, queue: list[_Slot], k: int) -> None:
         loop = asyncio.get_running_loop()
