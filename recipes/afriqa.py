@@ -44,10 +44,15 @@ def parse_answer_list(value, path: Path, line: int, field: str) -> list[str]:
     if isinstance(value, list):
         parsed = value
     elif isinstance(value, str):
+        text = value.strip()
         try:
-            parsed = ast.literal_eval(value) if value.lstrip().startswith("[") else [value]
+            parsed = ast.literal_eval(text) if text.startswith("[") else [text]
         except (ValueError, SyntaxError):
-            raise DataFormatError(path, line, f"not a list literal: {value[:60]!r}", field=field) from None
+            # A few rows hold an unescaped quote inside one answer ("['M'biza']"): one quoted item is taken as is.
+            if len(text) >= 4 and text[:2] in ("['", '["') and text[-2:] in ("']", '"]') and "', '" not in text:
+                parsed = [text[2:-2]]
+            else:
+                raise DataFormatError(path, line, f"not a list literal: {value[:60]!r}", field=field) from None
     else:
         raise DataFormatError(path, line, f"expected a string or a list, got {type(value).__name__}", field=field)
     if not isinstance(parsed, list) or not all(isinstance(a, str) for a in parsed):

@@ -20,6 +20,7 @@ def test_answer_lists_are_literals_only(tmp_path):
     assert afriqa.parse_answer_list("['Joe Biden', \"O'Neil\"]", *where) == ["Joe Biden", "O'Neil"]
     assert afriqa.parse_answer_list("plain text", *where) == ["plain text"]
     assert afriqa.parse_answer_list(["a", " "], *where) == ["a"]
+    assert afriqa.parse_answer_list("['M'biza']", *where) == ["M'biza"]  # an unescaped quote, as in the data
     for bad in ("[__import__('os').system('true')]", "[1, 2]", "['unclosed'"):
         with pytest.raises(CoraError, match=r"q.json:3"):
             afriqa.parse_answer_list(bad, *where)
