@@ -9,8 +9,8 @@ Retry-After) within T, and a request sent after the burst must be answered withi
     python benchmarks/serve_load.py --pipeline ~/.cache/cora/demo/pipeline --requests 200 --concurrency 8
     python benchmarks/serve_load.py --quick      # tiny random models (< 1 minute)
 
-The questions cycle through data/sample/questions.jsonl (12 languages). The server runs with its defaults (one
-model thread, concurrent questions batched for up to 10 ms).
+The questions cycle through cora/resources/sample/questions.jsonl (12 languages). The server runs with its
+defaults (one model thread, concurrent questions batched for up to 10 ms).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, percentiles, print_table, synthetic_texts, tiny_encoder_dir, write_results  # noqa: E402
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "questions.jsonl"
+SAMPLE = Path(__file__).resolve().parents[1] / "cora" / "resources" / "sample" / "questions.jsonl"
 
 
 def rss_mb(pid: int) -> float:

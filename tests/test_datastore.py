@@ -135,7 +135,7 @@ def test_opening_a_non_datastore_is_a_clear_error(tmp_path):
 def test_sample_datastore_in_repo_is_valid(tmp_path):
     from .conftest import REPO
 
-    sample = REPO / "data" / "sample" / "passages.jsonl"
+    sample = REPO / "cora" / "resources" / "sample" / "passages.jsonl"
     ds = Datastore.build(read_jsonl(sample), tmp_path / "sample")
     assert len(ds.languages) >= 6
     assert ds.meta["multi_passage_groups"] >= 5

@@ -98,13 +98,13 @@ def test_overwrite_replaces_only_a_datastore(corpus_file, tmp_path, capsys):
 @case("data loss", "`cora demo --out DIR` where DIR already holds a datastore",
       "refused (`already exists; pass --overwrite`); the default folder ($CORA_HOME/demo) is rebuilt on every run")
 def test_demo_does_not_replace_an_existing_out_without_asking(tmp_path, capsys):
-    from cora.commands.demo import REPO_SAMPLE
+    from cora.commands.demo import SAMPLE
 
     out = tmp_path / "mine"
     (out / "datastore").mkdir(parents=True)
     (out / "datastore" / "datastore.json").write_text("{}")
     (out / "datastore" / "passages.arrow").write_bytes(b"mine")
-    code, err = run_cli(["demo", "--out", out, "--data", REPO_SAMPLE, "--encoder", tmp_path / "no-encoder"], capsys)
+    code, err = run_cli(["demo", "--out", out, "--data", SAMPLE, "--encoder", tmp_path / "no-encoder"], capsys)
     assert_one_line(code, err, "already exists; pass --overwrite")
     assert (out / "datastore" / "passages.arrow").read_bytes() == b"mine"
 

@@ -6,21 +6,23 @@ from pathlib import Path
 
 from cora.errors import CoraError
 
-REPO_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
+# Package data, so that the demo runs from a wheel install as well as from a checkout.
+SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample"
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "demo", help="answer the sample questions, in 12 languages, from the sample datastore, with cited passages",
         description=(
-            "Build a datastore and index from the sample passages shipped in data/sample (6 topics in 8 "
-            "languages, language versions linked by group) with the offline me5-small encoder, bundle them with "
+            "Build a datastore and index from the sample passages shipped in the package (cora/resources/sample: "
+            "6 topics in 8 languages, language versions linked by group) with the offline me5-small encoder, bundle them with "
             "the shipped offline reader into a pipeline, and answer the sample questions (asked in 12 "
             "languages). Each answer is printed with the passage it cites and whether it was projected through "
             "a language link. Everything runs offline; the first run converts me5-small (about 20 s)."
         ),
     )
-    p.add_argument("--data", default=str(REPO_SAMPLE), help="folder with passages.jsonl and questions.jsonl")
+    p.add_argument("--data", default=str(SAMPLE),
+                   help="folder with passages.jsonl and questions.jsonl (default: the shipped sample)")
     p.add_argument("--out", help="where to put the datastore, index and pipeline (default: $CORA_HOME/demo, "
                                  "replaced on every run)")
     p.add_argument("--overwrite", action="store_true",
@@ -45,7 +47,8 @@ def run_demo(args) -> int:
 
     data = Path(args.data)
     if not (data / "passages.jsonl").exists():
-        raise CoraError(f"{data} has no passages.jsonl; pass --data pointing at data/sample of a cora checkout")
+        raise CoraError(f"{data} has no passages.jsonl; pass --data a folder holding passages.jsonl and "
+                        "questions.jsonl (the default is the sample shipped with cora)")
     out = Path(args.out) if args.out else cora_home() / "demo"
     replace = args.overwrite or not args.out  # the default folder is cora's own, rebuilt on every run
     check_output(out / "datastore", overwrite=replace, inputs=[data], kind="datastore", is_kind=is_datastore)
