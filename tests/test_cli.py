@@ -70,6 +70,27 @@ def test_user_mistakes_get_one_line_errors(argv, message, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("cora: error: ") and message in err[0]
 
 
+@pytest.mark.parametrize("command, config, message", [
+    ("retriever", {"lr": 1e-4, "learning_rate": 1e-4, "temprature": 0.1}, "unknown keys learning_rate, temprature"),
+    ("reader", {"max_length": 256, "encoder": "me5-small"}, "unknown key encoder"),  # a retriever-only option
+    ("reader", ["lr", 1e-4], "expected a JSON object of options, not list"),
+])
+def test_train_config_with_unknown_keys_is_refused(command, config, message, tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(config), encoding="utf-8")
+    data = ["--train-data", str(tmp_path / "train.json")] if command == "retriever" else ["--data-root", str(tmp_path)]
+    code = main(["train", command, "--config", str(cfg), *data, "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"cora: error: {cfg}: {message}")
+    if isinstance(config, dict):  # the known keys are listed: this command's options and TrainConfig's fields
+        known = err[0].split("(known: ")[1].rstrip(")").split(", ")
+        assert {"lr", "batch_size", "output_dir", "device", "max_length" if command == "reader" else "temperature"} \
+            <= set(known)
+        assert "config" not in known and "func" not in known
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_questions_file_names_line_and_field(flat_index_dir, tmp_path, capsys):
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"id": "1", "question": "ok"}\n{"id": "2"}\n', encoding="utf-8")

@@ -115,16 +115,28 @@ def _add_train_config_args(parser) -> None:
     parser.add_argument("--device", help="cpu or cuda")
 
 
+# Parser entries that are not training options: never read from a --config file.
+_NOT_OPTIONS = ("func", "config", "command", "train_command", "verbose")
+
+
 def resolve_options(args, defaults: dict = RETRIEVER_DEFAULTS, required=("train_data", "output_dir")) -> dict:
+    # The known keys are this subcommand's options (every dest argparse put in args) and TrainConfig's fields;
+    # any other key in --config is a typo or a stale option, refused rather than silently dropped.
+    known = {k for k in vars(args) if k not in _NOT_OPTIONS} | {f.name for f in fields(TrainConfig)}
     opts = dict(defaults)
     if args.config:
         try:
             loaded = json.loads(Path(args.config).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise CoraError(f"{args.config}: cannot read config ({err})") from None
+        if not isinstance(loaded, dict):
+            raise CoraError(f"{args.config}: expected a JSON object of options, not {type(loaded).__name__}")
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise CoraError(f"{args.config}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                            f"(known: {', '.join(sorted(known))})")
         opts.update(loaded)
-    opts.update({k: v for k, v in vars(args).items() if v is not None and k not in ("func", "config", "command",
-                                                                                   "train_command", "verbose")})
+    opts.update({k: v for k, v in vars(args).items() if v is not None and k not in _NOT_OPTIONS})
     for key in required:
         if not opts.get(key):
             raise CoraError(f"--{key.replace('_', '-')} is required (flag or config)")
