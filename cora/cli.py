@@ -26,10 +26,19 @@ _REGISTRARS = (
     "cora.commands.iterate",
 )
 
+# Commands whose module imports torch when imported (cora.commands.train builds its flags from cora.training's
+# TrainConfig, and cora.training imports torch): registered for real only when they are the command being run.
+# Otherwise a stub with the same one-line help lists them, so that `cora --help` and every other command start
+# without torch (seconds on a small CPU). tests/test_cli.py checks that the stub's help matches the real one.
+_HEAVY = {"cora.commands.train": ("train", "train models (retriever, reader)")}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``cora`` parser. Given the ``argv`` about to be parsed, commands in ``_HEAVY`` other than the one it runs
+    are stubs; without it, every command is registered in full."""
     import importlib
 
+    command = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = argparse.ArgumentParser(
         prog="cora",
         description=(
@@ -40,13 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for name in _REGISTRARS:
-        importlib.import_module(name).register(sub)
+    for module in _REGISTRARS:
+        if command is not None and module in _HEAVY and _HEAVY[module][0] != command:
+            name, help_text = _HEAVY[module]
+            sub.add_parser(name, help=help_text)  # listed by `cora --help`, never run: argv names another command
+        else:
+            importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

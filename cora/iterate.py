@@ -44,13 +44,20 @@ from cora.datastore import Datastore, Passage
 from cora.errors import CoraError
 from cora.fileio import atomic_dir, atomic_write_json, atomic_write_text
 from cora.questions import Question, read_questions
-from cora.reader.base import DEFAULT_READER
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 # Fields that may change between invocations without invalidating finished rounds.
 _FREE_FIELDS = ("output_dir", "rounds", "device")
+
+
+def _default_reader() -> str:
+    # Imported when a config is made, not with this module: importing cora.reader imports torch, and
+    # `cora iterate --help` lists IterateConfig's fields (the CLI's help must start without torch).
+    from cora.reader.base import DEFAULT_READER
+
+    return DEFAULT_READER
 
 
 @dataclass
@@ -63,7 +70,7 @@ class IterateConfig:
                                                    "answers_by_lang]"})
     dev_questions: str = field(metadata={"help": "JSONL: id, question, lang, answers, gold_group"})
     encoder: str = field(default="me5-small", metadata={"help": "round-0 retriever encoder"})
-    reader: str = field(default=DEFAULT_READER, metadata={"help": "round-0 reader (folder or shipped name)"})
+    reader: str = field(default_factory=_default_reader, metadata={"help": "round-0 reader (folder or shipped name)"})
     rounds: int = field(default=2, metadata={"help": "rounds after round 0"})
     eval_datastores: dict[str, str] = field(default_factory=dict,
                                             metadata={"help": "name -> datastore, evaluated only"})

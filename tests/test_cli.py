@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -28,6 +30,33 @@ def test_every_command_has_a_help_text(capsys):
         assert exit_.value.code == 0
         out = capsys.readouterr().out
         assert "usage: cora" in out and len(out) > 200, path
+
+
+def test_help_starts_without_torch():
+    # A fresh interpreter: this one has imported torch long ago. Every help but `cora train`'s (its flags are
+    # cora.training's TrainConfig, whose module imports torch) must leave torch unimported.
+    code = (
+        "import json, sys\n"
+        "from cora.cli import _HEAVY, build_parser, main\n"
+        "heavy = {name for name, _ in _HEAVY.values()}\n"
+        "commands = [c for c in build_parser(['--help'])._subparsers._group_actions[0].choices if c not in heavy]\n"
+        "imported = {}\n"
+        "for argv in [['--help']] + [[c, '--help'] for c in commands]:\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    imported[' '.join(argv)] = 'torch' in sys.modules\n"
+        "print(json.dumps(imported))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    imported = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {"--help", "datastore --help", "demo --help", "iterate --help", "serve --help"} <= set(imported)
+    assert [argv for argv, torch in imported.items() if torch] == []
+
+
+def test_stub_of_a_heavy_command_lists_it_as_the_real_one_does():
+    assert build_parser(["--help"]).format_help() == build_parser().format_help()
 
 
 def test_build_index_retrieve_round_trip(corpus_file, tiny_encoder_dir, tmp_path, capsys):

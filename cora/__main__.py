@@ -1,0 +1,7 @@
+"""``python -m cora``: the ``cora`` command."""
+
+import sys
+
+from cora.cli import main
+
+sys.exit(main())
