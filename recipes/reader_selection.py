@@ -127,12 +127,13 @@ def collect_xquad(args, reader) -> list[dict]:
                 sib = [s for s in store.rows(store.group_rows(p.group)) if s.lang == ex.question_lang]
                 if sib:
                     siblings[i] = sib
-        sib_ids = sorted({s.id for sib in siblings.values() for s in sib})
-        sib_rows = dict(zip(sib_ids, read_rows(reader, ex.question, [store.get(i) for i in sib_ids]), strict=True))
+        rows = read_rows(reader, ex.question, passages)
+        read = {p.id: r for p, r in zip(passages, rows, strict=True)}  # a sibling already retrieved is not reread
+        missing = sorted({s.id for sib in siblings.values() for s in sib} - set(read))
+        read.update(zip(missing, read_rows(reader, ex.question, [store.get(i) for i in missing]), strict=True))
         out.append({"id": ex.id, "set": "xquad", "lang": ex.question_lang, "answers": ex.answers,
                     "gold": [p.group == gold for p in passages], "langs": [p.lang for p in passages],
-                    "rows": read_rows(reader, ex.question, passages),
-                    "siblings": {str(i): [sib_rows[s.id] for s in sib] for i, sib in siblings.items()}})
+                    "rows": rows, "siblings": {str(i): [read[s.id] for s in sib] for i, sib in siblings.items()}})
     return out
 
 
