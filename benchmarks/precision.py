@@ -142,7 +142,12 @@ def bench_answer_pipeline(n_questions: int, k: int, retrieval: Path) -> tuple[li
                     chunk = dev[i : i + 32]
                     answers += pipe.answer_batch([e.question for e in chunk], [e.question_lang for e in chunk])
             else:
-                answers = [pipe.answer(e.question, e.question_lang) for e in dev]
+                answers, times = [], []
+                for e in dev:
+                    t1 = time.perf_counter()
+                    answers.append(pipe.answer(e.question, e.question_lang))
+                    times.append(time.perf_counter() - t1)
+                quality[f"Pipeline.answer p50 ms ({prec})"] = 1000 * statistics.median(times)
             dt = time.perf_counter() - t0
             rows.append({"part": f"answer k={k} ({path})", "precision": prec, "items": len(dev),
                          "per_s": len(dev) / dt})

@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, help="questions per language (default: all 187)")
     ap.add_argument("--out", default="runs/xquad-reader")
     ap.add_argument("--only", choices=["gold", "open"], help="run one part")
+    ap.add_argument("--settings", nargs="+", choices=["all-languages", "all-languages, hybrid", "english-only"],
+                    help="open-retrieval settings to run (default: all three)")
+    ap.add_argument("--methods", nargs="+", choices=["reread", "align"], help="projection methods (default: both)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -100,6 +103,8 @@ def run_open(args, reader, dev, results) -> None:
     runs = [("all-languages", stores["all-languages"], retrievers["all-languages"], ("reread", "align")),
             ("all-languages, hybrid", linked, hybrid, ("reread",)),
             ("english-only", stores["english-only"], retrievers["english-only"], ("reread", "align"))]
+    runs = [r for r in runs if not args.settings or r[0] in args.settings]
+    runs = [(s, d, r, tuple(m for m in ms if not args.methods or m in args.methods)) for s, d, r, ms in runs]
     for setting, ds, retriever, methods in runs:
         t0 = time.time()
         hits = retriever.search_batch([ex.question for ex in dev], k=args.k, langs=[ex.question_lang for ex in dev])
