@@ -56,7 +56,7 @@ class IndexConfig:
 
 
 def auto_factory(n: int, dim: int) -> str:
-    """The index type chosen for 'auto', from benchmarks/search.py on 2 CPU cores (README, Performance).
+    """The index type chosen for 'auto', from benchmarks/search.py on 2 CPU cores (docs/performance.md).
 
     * up to 200k vectors: Flat - exact; 13-32 ms per query at 100k, 1.5 KB per vector at 384 dims.
     * up to 5M: HNSW32 (efSearch 128) - 0.6 ms per query at 100k with recall@100 0.94 against Flat, but

@@ -274,7 +274,7 @@ class Encoder:
     def quantize_int8(self) -> Encoder:
         """Dynamic int8 quantisation of every Linear layer (CPU inference only; weights int8, activations
         quantised per batch). On 2 CPU cores it is the faster path; its recall cost is measured in
-        benchmarks/encode.py and reported in the README's Performance section."""
+        benchmarks/encode.py and reported in docs/performance.md."""
         if self.device.type != "cpu":
             raise CoraError("int8 dynamic quantisation runs on the CPU only")
         # Per-channel weight scales: one scale per output row loses less than one per matrix.

@@ -35,7 +35,7 @@ def register(sub) -> None:
                    help="replace a finished index in --out (a folder of unfinished shards is resumed without it)")
     b.add_argument("--int8", action="store_true",
                    help="CPU only: int8 dynamic quantisation of the encoder's linear layers (faster; see the "
-                        "README's Performance section for the measured speed-up and recall cost)")
+                        "docs/performance.md for the measured speed-up and recall cost)")
     b.set_defaults(func=_build)
 
     m = isub.add_parser("merge", help="build the index from all encoded shards",
