@@ -348,9 +348,8 @@ def choose_span(start: torch.Tensor, end: torch.Tensor, context: torch.Tensor, p
         fused = fused - config.rank_prior * torch.log1p(passage_of.float())
     row = int(fused.argmax())
     s_tok, e_tok = divmod(int(best_pos[row]), L)
-    raw = float(span_scores(start[row : row + 1].float(), end[row : row + 1].float(), context[row : row + 1],
-                            config.max_answer_tokens)[0, s_tok, e_tok])
-    return row, s_tok, e_tok, float(torch.exp(torch.tensor(raw) - log_z))
+    raw = start[row, s_tok].float() + end[row, e_tok].float()  # the span's score before the penalty
+    return row, s_tok, e_tok, float(torch.exp(raw - log_z))
 
 
 def _layers(model: SpanModel) -> nn.ModuleList:
