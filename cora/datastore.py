@@ -4,23 +4,33 @@ A passage is ``id, lang, title, text, group``. ``group`` links passages that are
 different languages (a Wikipedia language-link cluster, a Wikidata id, a parallel XQuAD paragraph); a passage
 without one forms a group of its own (its id).
 
-Storage is one Arrow stream file (``passages.arrow``) written batch by batch and opened with
+Storage is an Arrow stream file (``passages.arrow``) written batch by batch and opened with
 ``datasets.Dataset.from_file``, which memory-maps it: a 40M-passage store is never loaded into RAM. Beside it,
-``datastore.json`` holds the counts per language, the sources and a content fingerprint (SHA-256 over every
-passage in order) that indexes record, so an index is never searched against a different datastore.
+``datastore.json`` holds the counts per language, the sources and a content fingerprint that indexes record, so an
+index is never searched against a different datastore.
+
+A datastore grows with :meth:`Datastore.add` (``cora datastore add``): the new passages go to a new file
+(``passages-1.arrow``, ...), listed with the size and fingerprint after it in ``datastore.json``'s ``segments``;
+rewriting that one file is the commit, so an interrupted add leaves the datastore as it was. The fingerprint is a
+SHA-256 chain over the rows (``h = sha256(h + row)``), so it continues across an add: build(A) + add(B) has the
+fingerprint of build(A + B), and :meth:`Datastore.prefix_fingerprint` tells an index built on A that the grown
+datastore starts with A.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import logging
 import os
+import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cora.errors import CoraError, DataFormatError
 from cora.fileio import (
@@ -29,16 +39,20 @@ from cora.fileio import (
     check_input_file,
     iter_jsonl,
     iter_lines,
-    only_holds,
     read_json,
 )
 from cora.languages import NO_SPACE_LANGS, base_code, check_language
+
+if TYPE_CHECKING:
+    from cora.wikidump import WikiLinks
 
 logger = logging.getLogger(__name__)
 
 PASSAGES_FILE = "passages.arrow"
 META_FILE = "datastore.json"
 FIELDS = ("id", "lang", "title", "text", "group")
+SEGMENT_FILE = re.compile(r"passages(-[1-9][0-9]*)?\.arrow")  # passages.arrow, then passages-1.arrow, ... per add
+FINGERPRINT_SCHEME = "sha256-row-chain"  # without it (written before 'add' existed): one SHA-256 over all rows
 
 
 @dataclass(frozen=True)
@@ -206,11 +220,14 @@ def chunk_text(text: str, lang: str, words: int = 100) -> list[str]:
     return [" ".join(tokens[i : i + words]) for i in range(0, len(tokens), words)]
 
 
-def read_wikiextractor(path: str | os.PathLike, lang: str, words: int = 100) -> Iterator[tuple[str, Passage]]:
+def read_wikiextractor(
+    path: str | os.PathLike, lang: str, words: int = 100, links: WikiLinks | None = None
+) -> Iterator[tuple[str, Passage]]:
     """WikiExtractor ``--json`` output (``{"id","url","title","text"}`` per line), chunked with :func:`chunk_text`.
 
-    The group is the article's ``wikidata``/``group`` field when present (a language-link cluster), else the
-    article itself (``{lang}wiki:{id}``).
+    The group is the article's ``wikidata``/``group`` field when present (a language-link cluster); else, with
+    ``links`` (Wikipedia's page_props or langlinks dumps, :mod:`cora.wikidump`), the Wikidata id of page ``id`` (or
+    its English title); else the article itself (``{lang}wiki:{id}``). ``links`` counts the passages it grouped.
     """
     path = Path(path)
     for line_no, obj in iter_jsonl(path):
@@ -219,8 +236,12 @@ def read_wikiextractor(path: str | os.PathLike, lang: str, words: int = 100) -> 
         text = _require_str(obj, "text", path, line_no)
         if text.startswith(title):  # WikiExtractor repeats the title as the first line
             text = text[len(title) :]
-        group = obj.get("wikidata") or obj.get("group") or f"{lang}wiki:{art_id}"
-        for i, chunk in enumerate(chunk_text(text, lang, words)):
+        linked = links.group(lang, art_id, title) if links is not None else None
+        group = obj.get("wikidata") or obj.get("group") or linked or f"{lang}wiki:{art_id}"
+        chunks = chunk_text(text, lang, words)
+        if links is not None:
+            links.count(lang, len(chunks), linked is not None)
+        for i, chunk in enumerate(chunks):
             yield f"{path}:{line_no}", Passage(f"{lang}wiki:{art_id}:{i}", lang, title, chunk, str(group))
 
 
@@ -239,11 +260,16 @@ def guess_format(path: str | os.PathLike) -> str:
 
 
 def read_source(
-    path: str | os.PathLike, fmt: str = "auto", lang: str | None = None, keep_titles: bool = True
+    path: str | os.PathLike, fmt: str = "auto", lang: str | None = None, keep_titles: bool = True,
+    links: WikiLinks | None = None,
 ) -> Iterator[tuple[str, Passage]]:
-    """Read one source file in any supported format as ``(location, passage)`` pairs."""
+    """Read one source file in any supported format as ``(location, passage)`` pairs. ``links`` (language links
+    from Wikipedia's dumps) applies to ``wiki`` sources only."""
     check_input_file(path)
     fmt = guess_format(path) if fmt == "auto" else fmt
+    if links is not None and fmt != "wiki":
+        raise CoraError(f"{path}: language links from Wikipedia's dumps apply to WikiExtractor (wiki) sources, "
+                        f"not {fmt}")
     if fmt == "jsonl":
         return read_jsonl(path, lang)
     if fmt == "w100":
@@ -253,14 +279,16 @@ def read_source(
     if fmt == "squad":
         return read_squad(path, lang, keep_titles=keep_titles)
     if fmt == "wiki":
-        return read_wikiextractor(path, lang)
+        return read_wikiextractor(path, lang, links=links)
     raise CoraError(f"unknown format '{fmt}'; choose one of {FORMATS}")
 
 
 # ------------------------------------------------------------------------------------------- datastore
 def is_datastore(folder: str | os.PathLike) -> bool:
     """A folder that holds a datastore and nothing else: the only kind ``--overwrite`` may replace."""
-    return only_holds(Path(folder), META_FILE, (META_FILE, PASSAGES_FILE))
+    folder = Path(folder)
+    entries = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+    return META_FILE in entries and all(n == META_FILE or SEGMENT_FILE.fullmatch(n) for n in entries)
 
 
 def _schema():
@@ -269,11 +297,134 @@ def _schema():
     return pa.schema([(f, pa.string()) for f in FIELDS])
 
 
+def _row_bytes(values: Sequence[str]) -> bytes:
+    return ("\x1f".join(values) + "\x1f\x1e").encode("utf-8")
+
+
+def chain_fingerprint(state: bytes, rows: Iterable[Sequence[str]]) -> bytes:
+    """Continue the fingerprint chain ``h = sha256(h + row)`` over ``rows`` (each the values of :data:`FIELDS`).
+    Starting from ``b""`` it gives a datastore's fingerprint; from a datastore's fingerprint, that of the datastore
+    with ``rows`` appended."""
+    sha256 = hashlib.sha256
+    for values in rows:
+        state = sha256(state + _row_bytes(values)).digest()
+    return state
+
+
+def _split_where(where: str) -> tuple[str, int | None]:
+    """``'path:12'`` -> ``('path', 12)``; a location without a line number is all path."""
+    path, _, line = where.rpartition(":")
+    return (path, int(line)) if line.isdigit() else (where, None)
+
+
+class _SegmentWriter:
+    """What build and add share: validate passages, write them to one Arrow file, and keep the languages, the group
+    sizes and the fingerprint chain. With ``locations``, each id's location is kept too (add reports where a new id
+    that is already in the datastore was read)."""
+
+    def __init__(self, state: bytes = b"", locations: bool = False):
+        self.ids: set[str] | dict[str, str] = {} if locations else set()
+        self.langs: Counter = Counter()
+        self.groups: Counter = Counter()
+        self.state = state
+
+    def write(self, passages: Iterable[Passage | tuple[str, Passage]], path: Path, batch_size: int) -> None:
+        import pyarrow as pa
+
+        schema = _schema()
+        cols: dict[str, list[str]] = {f: [] for f in FIELDS}
+        sha256 = hashlib.sha256
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+
+            def flush():
+                if cols["id"]:
+                    writer.write_batch(pa.record_batch([pa.array(cols[f], pa.string()) for f in FIELDS],
+                                                       schema=schema))
+                    for f in FIELDS:
+                        cols[f].clear()
+
+            for item in passages:
+                where, p = item if isinstance(item, tuple) else ("<input>", item)
+                _validate(p, where, self.ids)
+                check_language(p.lang, where)
+                if isinstance(self.ids, dict):
+                    self.ids[p.id] = where
+                else:
+                    self.ids.add(p.id)
+                self.langs[p.lang] += 1
+                self.groups[p.group] += 1
+                values = (p.id, p.lang, p.title, p.text, p.group)
+                for f, value in zip(FIELDS, values, strict=True):
+                    cols[f].append(value)
+                self.state = sha256(self.state + _row_bytes(values)).digest()
+                if len(cols["id"]) >= batch_size:
+                    flush()
+            flush()
+        with open(path, "rb") as fh:  # on disk before datastore.json names it
+            os.fsync(fh.fileno())
+
+
+def _check_segments(meta: dict, meta_path: Path) -> list[dict]:
+    """The segments datastore.json lists (one made up for a datastore written before adds existed)."""
+    segments = meta.get("segments")
+    if segments is None:
+        return [{"size": meta["size"], "fingerprint": meta["fingerprint"], "file": PASSAGES_FILE}]
+    well_formed = isinstance(segments, list) and len(segments) > 0 and all(
+        isinstance(s, dict) and isinstance(s.get("size"), int) and isinstance(s.get("fingerprint"), str)
+        and isinstance(s.get("file"), str) and SEGMENT_FILE.fullmatch(s["file"]) for s in segments)
+    sizes = [0] + [s["size"] for s in segments] if well_formed else []
+    consistent = well_formed and (
+        segments[0]["file"] == PASSAGES_FILE and len({s["file"] for s in segments}) == len(segments)
+        and all(a < b for a, b in zip(sizes, sizes[1:], strict=False)) and sizes[-1] == meta["size"]
+        and segments[-1]["fingerprint"] == meta["fingerprint"])
+    if not consistent:
+        raise CoraError(f"{meta_path} is corrupt (its segments do not add up to its size and fingerprint); rebuild "
+                        "the datastore with 'cora datastore build'")
+    return segments
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One add at a time per datastore (two would both append a segment to the same old state)."""
+    import fcntl
+
+    try:
+        fh = open(folder / ".add.lock", "a")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError as err:
+        raise CoraError(f"cannot write to datastore {folder} ({err.strerror})") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CoraError(f"another 'cora datastore add' is writing to {folder}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _merge_links(old: dict | None, new: dict | None) -> dict | None:
+    """The language-link counts of a datastore after an add (see :meth:`cora.wikidump.WikiLinks.report`)."""
+    if not old or not new:
+        return old or new
+    if old.get("source") != new.get("source"):
+        raise CoraError(f"the datastore's groups come from {old.get('source')} dumps and these passages' from "
+                        f"{new.get('source')} dumps: a page grouped by its Wikidata id never meets one grouped by its "
+                        "title; give the same kind of dump")
+    langs = {lang: dict(c) for lang, c in old.get("languages", {}).items()}
+    for lang, c in new.get("languages", {}).items():
+        mine = langs.setdefault(lang, {"passages": 0, "linked": 0})
+        for key in ("passages", "linked"):
+            mine[key] = mine.get(key, 0) + c.get(key, 0)
+    return {**old, "dumps": {**old.get("dumps", {}), **new.get("dumps", {})},
+            "languages": dict(sorted(langs.items()))}
+
+
 class Datastore:
     """A read-only, memory-mapped passage collection. Row numbers are the index's vector ids."""
 
     def __init__(self, path: str | os.PathLike):
-        from datasets import Dataset
+        from datasets import Dataset, concatenate_datasets
 
         self.path = Path(path)
         meta_path, data_path = self.path / META_FILE, self.path / PASSAGES_FILE
@@ -289,11 +440,24 @@ class Datastore:
         except (ValueError, UnicodeDecodeError) as err:
             raise CoraError(f"{meta_path} is corrupt ({str(err).splitlines()[0][:80]}); rebuild the datastore "
                             "with 'cora datastore build'") from None
-        try:
-            self.dataset = Dataset.from_file(str(data_path), in_memory=False)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise CoraError(f"{data_path} is corrupt or truncated ({type(err).__name__}); rebuild the datastore "
-                            "with 'cora datastore build'") from None
+        self.segments = _check_segments(self.meta, meta_path)
+        parts, start = [], 0
+        for seg in self.segments:
+            seg_path = self.path / seg["file"]
+            if not seg_path.exists():
+                raise CoraError(f"{seg_path} is missing ({META_FILE} lists it); the datastore is incomplete, rebuild "
+                                "it with 'cora datastore build'")
+            try:
+                part = Dataset.from_file(str(seg_path), in_memory=False)
+            except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                raise CoraError(f"{seg_path} is corrupt or truncated ({type(err).__name__}); rebuild the datastore "
+                                "with 'cora datastore build'") from None
+            if len(self.segments) > 1 and len(part) != seg["size"] - start:
+                raise CoraError(f"{seg_path}: {len(part)} rows but {META_FILE} says {seg['size'] - start}; the "
+                                "datastore is corrupt, rebuild it")
+            parts.append(part)
+            start = seg["size"]
+        self.dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
         if len(self.dataset) != self.meta["size"]:
             raise CoraError(f"{self.path}: {len(self.dataset)} rows but {META_FILE} says {self.meta['size']}; "
                             "the datastore is corrupt, rebuild it")
@@ -309,57 +473,140 @@ class Datastore:
         overwrite: bool = False,
         sources: list[str] | None = None,
         batch_size: int = 10_000,
+        extra_info: Callable[[], dict] | None = None,
     ) -> Datastore:
-        """Validate and write passages to ``out`` (atomically: the folder appears only when complete)."""
-        import pyarrow as pa
+        """Validate and write passages to ``out`` (atomically: the folder appears only when complete).
 
-        schema = _schema()
-        seen: set[str] = set()  # ids only: locations of 40M passages would not fit comfortably
-        langs: Counter = Counter()
-        groups: set[str] = set()
-        multi: Counter = Counter()
-        digest = hashlib.sha256()
+        ``extra_info`` is called once every passage has been read; its keys are stored in datastore.json (a wiki
+        build stores there how many passages of each language got a group from the dumps)."""
+        w = _SegmentWriter()
         with atomic_dir(out, overwrite=overwrite, is_kind=is_datastore, kind="datastore") as tmp:
-            with pa.OSFile(str(tmp / PASSAGES_FILE), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                cols: dict[str, list[str]] = {f: [] for f in FIELDS}
-
-                def flush():
-                    if cols["id"]:
-                        writer.write_batch(pa.record_batch([pa.array(cols[f], pa.string()) for f in FIELDS],
-                                                           schema=schema))
-                        for f in FIELDS:
-                            cols[f].clear()
-
-                for item in passages:
-                    where, p = item if isinstance(item, tuple) else ("<input>", item)
-                    _validate(p, where, seen)
-                    check_language(p.lang, where)
-                    seen.add(p.id)
-                    langs[p.lang] += 1
-                    groups.add(p.group)
-                    multi[p.group] += 1
-                    for f in FIELDS:
-                        value = getattr(p, f)
-                        cols[f].append(value)
-                        digest.update(value.encode("utf-8"))
-                        digest.update(b"\x1f")
-                    digest.update(b"\x1e")
-                    if len(cols["id"]) >= batch_size:
-                        flush()
-                flush()
-            if not seen:
+            w.write(passages, tmp / PASSAGES_FILE, batch_size)
+            if not w.ids:
                 raise CoraError("no passages read: the sources are empty")
+            fingerprint = w.state.hex()
             meta = {
-                "size": len(seen),
-                "languages": dict(sorted(langs.items())),
-                "groups": len(groups),
-                "multi_passage_groups": sum(1 for c in multi.values() if c > 1),
-                "fingerprint": digest.hexdigest(),
+                "size": len(w.ids),
+                "languages": dict(sorted(w.langs.items())),
+                "groups": len(w.groups),
+                "multi_passage_groups": sum(1 for c in w.groups.values() if c > 1),
+                "fingerprint": fingerprint,
+                "fingerprint_scheme": FINGERPRINT_SCHEME,
+                "segments": [{"size": len(w.ids), "fingerprint": fingerprint, "file": PASSAGES_FILE}],
                 "sources": sources or [],
+                **(extra_info() if extra_info is not None else {}),
             }
             atomic_write_json(tmp / META_FILE, meta)
-        logger.info("datastore %s: %d passages, %d languages, %d groups", out, len(seen), len(langs), len(groups))
+        logger.info("datastore %s: %d passages, %d languages, %d groups", out, len(w.ids), len(w.langs),
+                    len(w.groups))
         return cls(out)
+
+    @classmethod
+    def add(
+        cls,
+        path: str | os.PathLike,
+        passages: Iterable[Passage | tuple[str, Passage]],
+        sources: list[str] | None = None,
+        batch_size: int = 10_000,
+        extra_info: Callable[[], dict] | None = None,
+    ) -> Datastore:
+        """Append passages to the datastore at ``path``, validated as :meth:`build` does, with ids unique across old
+        and new. They go to a new segment file; the datastore changes when datastore.json is replaced, after every
+        passage was read and checked, so an error or an interruption leaves it as it was. Afterwards its rows,
+        counts and fingerprint are those of a datastore built from the old sources and then these."""
+        path = Path(path)
+        cls(path)  # a folder that is not a datastore is refused before anything is written into it
+        with _locked(path):
+            old = cls(path)  # read under the lock: the state this add extends
+            for stale in path.glob(".passages-*.arrow.tmp-*"):  # left by an add that was killed
+                stale.unlink()
+            k = len(old.segments)
+            name = f"passages-{k}.arrow"
+            tmp = path / f".{name}.tmp-{os.getpid()}"
+            try:
+                state = old._chain_state()
+                w = _SegmentWriter(state, locations=True)
+                w.write(passages, tmp, batch_size)
+                if not w.ids:
+                    raise CoraError("no passages read: the sources are empty")
+                old._check_new_ids(w.ids)
+                in_old = old._count_in_column("group", list(w.groups))
+                size = len(old) + len(w.ids)
+                fingerprint = w.state.hex()
+                links = _merge_links(old.meta.get("links"), (extra_info() if extra_info else {}).get("links"))
+                meta = {
+                    **old.meta,
+                    "size": size,
+                    "languages": dict(sorted((Counter(old.meta["languages"]) + w.langs).items())),
+                    "groups": old.meta["groups"] + sum(1 for g in w.groups if not in_old[g]),
+                    "multi_passage_groups": old.meta["multi_passage_groups"] + sum(
+                        (in_old[g] + n > 1) - (in_old[g] > 1) for g, n in w.groups.items()),
+                    "fingerprint": fingerprint,
+                    "fingerprint_scheme": FINGERPRINT_SCHEME,
+                    "segments": [*old.segments, {"size": size, "fingerprint": fingerprint, "file": name}],
+                    "sources": [*old.meta.get("sources", []), *(sources or [])],
+                    **({"links": links} if links else {}),
+                }
+                os.replace(tmp, path / name)  # not yet part of the datastore: only datastore.json lists it
+                atomic_write_json(path / META_FILE, meta)  # the commit
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        logger.info("datastore %s: added %d passages (%s) -> %d", path, len(w.ids),
+                    ", ".join(f"{lang} {n}" for lang, n in sorted(w.langs.items())), size)
+        return cls(path)
+
+    def _chain_state(self) -> bytes:
+        """The fingerprint chain's state after the last row. A datastore written before adds existed has a plain
+        SHA-256 as fingerprint, from which no chain continues: its rows are hashed once more."""
+        if self.meta.get("fingerprint_scheme") == FINGERPRINT_SCHEME:
+            return bytes.fromhex(self.fingerprint)
+        logger.info("%s was built by an older cora: hashing its %d passages once to continue its fingerprint",
+                    self.path, len(self))
+        state = b""
+        for batch in self.iter_batches(10_000):
+            state = chain_fingerprint(state, zip(*(batch[f] for f in FIELDS), strict=True))
+        return state
+
+    def _arrow_column(self, name: str):
+        return self.dataset.data.table.column(name)
+
+    def _check_new_ids(self, new: dict[str, str]) -> None:
+        """Refuse a new id that is already a row, naming where the new one was read."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        value_set = pa.array(list(new), pa.string())
+        offset = 0
+        for chunk in self._arrow_column("id").chunks:
+            hits = pc.is_in(chunk, value_set=value_set)
+            if pc.any(hits).as_py():
+                i = pc.index(hits, True).as_py()
+                pid = chunk[i].as_py()
+                file, line = _split_where(new[pid])
+                raise DataFormatError(file, line, f"duplicate passage id {pid!r}: row {offset + i} of datastore "
+                                      f"{self.path} already has it; ids must be unique", field="id")
+            offset += len(chunk)
+
+    def _count_in_column(self, name: str, values: list[str]) -> Counter:
+        """How often each of ``values`` occurs in column ``name``, streamed over the memory map (memory: the
+        values, not the column)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        counts: Counter = Counter()
+        value_set = pa.array(values, pa.string())
+        for chunk in self._arrow_column(name).chunks:
+            found = chunk.filter(pc.is_in(chunk, value_set=value_set))
+            if len(found):
+                for item in pc.value_counts(found).to_pylist():
+                    counts[item["values"]] += item["counts"]
+        return counts
+
+    def prefix_fingerprint(self, n: int) -> str | None:
+        """The fingerprint this datastore had when it held exactly its first ``n`` rows (after a build or an add),
+        or None when it never had ``n`` rows."""
+        return next((s["fingerprint"] for s in self.segments if s["size"] == n), None)
 
     # --- reading
     def __len__(self) -> int:
@@ -418,10 +665,8 @@ class Datastore:
         return {"path": str(self.path), **self.meta}
 
 
-def _validate(p: Passage, where: str, seen: set[str]) -> None:
-    path, _, line = where.rpartition(":")
-    line_no = int(line) if line.isdigit() else None
-    path = path if line_no is not None else where
+def _validate(p: Passage, where: str, seen: set[str] | dict[str, str]) -> None:
+    path, line_no = _split_where(where)
     if not p.id:
         raise DataFormatError(path, line_no, "is empty", field="id")
     if not p.lang:
