@@ -69,14 +69,33 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` [b, D] from every process into [world * b, D], keeping the gradient of the local slice.
+    """Concatenate ``x`` [b, D] from every process into [world * b, D], rank-major, differentiably.
+
+    The backward pass sums, over processes, each one's gradient with respect to this process's slice (an
+    all-reduce) and hands it to ``x``: a passage encoded here is a negative for every process's questions, and
+    its gradient must count all of them. With each process's loss the mean over its own questions and the
+    gradients then averaged over processes (:func:`cora.distributed.all_reduce_gradients`), the update equals
+    the one-process update over the global batch. (Keeping only the local slice's gradient, as DPR's gather does,
+    drops the other processes' questions from the passages' gradients.)
 
     Without torch.distributed (or with one process) it returns ``x`` itself, so single-process training is the
     same code path. Every process must pass the same b (the trainer's batches are equal-sized by construction).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.detach())
-    parts[dist.get_rank()] = x  # the local slice carries the gradient
-    return torch.cat(parts, 0)
+    return _AllGather.apply(x)
+
+
+class _AllGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]  # world x [b, D]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, 0)  # [world * b, D]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()  # [world * b, D]; autograd's buffer is not ours to change in place
+        dist.all_reduce(grad)  # every process's loss, differentiated with respect to every slice
+        b = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * b : (dist.get_rank() + 1) * b]  # [b, D]

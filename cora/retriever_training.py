@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from cora.datastore import Datastore, Passage
+from cora.distributed import rank
 from cora.errors import DataFormatError
+from cora.evaluation.text import contains_answer
 from cora.losses import contrastive_loss, distill_loss, gather_with_grad, multi_positive_loss
 from cora.models import Encoder, format_passage
 from cora.questions import Question
@@ -76,7 +78,7 @@ def build_examples(questions: Sequence[Question], datastore: Datastore, bm25=Non
             positives += [_ctx(p) for p in datastore.rows(datastore.group_rows(gold.group)) if p.id != gold.id]
         hard = []
         for p in datastore.rows(cand):
-            if p.group != gold.group and not any(a and a in p.text for a in q.answers):
+            if p.group != gold.group and not contains_answer(p.text, q.answers):
                 hard.append(_ctx(p))
             if len(hard) >= hard_negatives:
                 break
@@ -146,6 +148,15 @@ class RetrieverBatch:
     def __len__(self) -> int:
         return len(self.questions)
 
+    def shard(self, rank: int, world: int) -> RetrieverBatch:
+        """Process ``rank``'s questions of a global batch, with their positives and hard negatives (the trainer's
+        split under torchrun; the other processes' passages come back as negatives through the gather)."""
+        B = len(self.questions)
+        if B % world:
+            raise ValueError(f"a batch of {B} questions does not split evenly over {world} processes")
+        lo, hi = rank * B // world, (rank + 1) * B // world
+        return RetrieverBatch(self.questions[lo:hi], self.passages[lo:hi] + self.passages[B + lo : B + hi])
+
 
 class RetrieverTask:
     """One shared encoder for questions and passages (e5-style, prefixes tell them apart)."""
@@ -190,10 +201,9 @@ class RetrieverTask:
         q = enc.embed(enc.tokenize(batch.questions, "query"), "query")  # [B, D]
         p = enc.embed(enc.tokenize([format_passage(c.title, c.text) for c in batch.passages], "passage"),
                       "passage")  # [2B, D]
-        p_all = gather_with_grad(p)  # [world * 2B, D]
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        target = torch.arange(len(batch), device=q.device) + rank * p.shape[0]  # [B]
-        return contrastive_loss(q, p_all, target, self.temperature)
+        p_all = gather_with_grad(p)  # [world * 2B, D]: every process's passages, rank-major
+        target = torch.arange(len(batch), device=q.device) + rank() * p.shape[0]  # [B]: rows of the positives
+        return contrastive_loss(q, p_all, target, self.temperature)  # mean over this process's questions
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -381,13 +391,14 @@ class QueryTowerTask:
 
 def passage_vectors(encoder: Encoder, datastore: Datastore, cache: str | os.PathLike) -> np.ndarray:
     """The passage tower's vectors of every datastore row, encoded once into a (resumable) Flat index at
-    ``cache`` and read back from it."""
-    from cora.index import DenseIndex, build_index
+    ``cache`` and read back from it; under torchrun each process encodes one shard of it."""
+    from cora.distributed import build_index_on_ranks
+    from cora.index import DenseIndex
 
     cache = Path(cache)
     if (cache / "index.faiss").exists():
         index = DenseIndex.load(cache)
         index.check_datastore(datastore)
     else:
-        index = build_index(datastore, encoder, cache, encoder.config.backbone, factory="Flat")
+        index = build_index_on_ranks(datastore, encoder, cache, encoder.config.backbone, factory="Flat")
     return index.index.reconstruct_n(0, len(index))

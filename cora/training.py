@@ -9,6 +9,12 @@ leftover batches (its gradient rescaled to a mean), never carried into the next 
 (``evaluate`` returns ``metric`` None) keeps its latest evaluation as ``best/``.
 What is specific to a model lives in a small task object (its batches, its loss, its dev metric, how it saves).
 
+Under torchrun (a process group, :mod:`cora.distributed`) the loop is data-parallel: every process draws the
+same global batch of ``batch_size`` examples and computes the loss of its contiguous slice, gradients are
+averaged over processes before clipping, and so the run follows the one-process run with the same ``batch_size``
+for any number of processes. Only rank 0 evaluates and writes the run folder; the checkpoint holds every
+process's random state, so a resumed run continues each one's dropout masks.
+
 Checkpoint layout under ``output_dir``::
 
     train_config.json    the TrainConfig of the run
@@ -31,7 +37,9 @@ from typing import Protocol
 
 import torch
 
+from cora import distributed
 from cora.config import save_config
+from cora.errors import CoraError
 from cora.fileio import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -42,7 +50,9 @@ class TrainConfig:
     output_dir: str = field(metadata={"help": "run folder (config, checkpoints, log)"})
     epochs: int = field(default=1, metadata={"help": "passes over the training data"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "examples per forward pass (per process)"})
+    batch_size: int = field(default=16, metadata={
+        "help": "examples per forward pass, over all processes: under torchrun each of N processes reads "
+                "batch_size / N of them (so the run is the same for any N)"})
     grad_accum: int = field(default=1, metadata={"help": "forward passes per optimizer step"})
     lr: float = field(default=3e-5, metadata={"help": "peak learning rate"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warmup"})
@@ -61,13 +71,16 @@ class TrainConfig:
 
 
 class Task(Protocol):
-    """What the loop needs from a model: batches in a seeded order, a loss, a dev metric, saving."""
+    """What the loop needs from a model: batches in a seeded order, a loss, a dev metric, saving.
+
+    A batch is a sequence of examples, or any object with ``shard(rank, world)`` returning a process's part of
+    it (:func:`cora.distributed.shard_batch`)."""
 
     def num_batches(self, epoch: int) -> int: ...
 
     def batches(self, epoch: int, rng: random.Random) -> Iterator: ...
 
-    def loss(self, batch) -> torch.Tensor: ...
+    def loss(self, batch) -> torch.Tensor: ...  # the mean over the batch (or this process's slice of it)
 
     def evaluate(self) -> dict[str, float]: ...  # "metric": higher is better; None when there is no dev set
 
@@ -83,9 +96,15 @@ class Task(Protocol):
 def train(task: Task, cfg: TrainConfig) -> dict:
     from cora.precision import autocast, resolve_precision
 
+    world, rank = distributed.world_size(), distributed.rank()
+    main = rank == 0
+    if cfg.batch_size % world:
+        raise CoraError(f"--batch-size {cfg.batch_size} is the global batch: it must split evenly over the "
+                        f"{world} processes")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "train_config.json")
+    if main:
+        save_config(cfg, out / "train_config.json")
     device = next(task.module().parameters()).device
     precision = resolve_precision(cfg.precision, device)
     logger.info("training in %s on %s", precision, device)
@@ -108,12 +127,17 @@ def train(task: Task, cfg: TrainConfig) -> dict:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
-        torch.set_rng_state(saved["torch_rng"])  # dropout masks continue exactly where they stopped
-        if torch.cuda.is_available() and "cuda_rng" in saved:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        rngs = saved.get("rank_rngs", [])
+        mine = rngs[rank] if len(rngs) == world else saved  # another process count: rank 0's stream for all
+        torch.set_rng_state(mine["torch_rng"])  # dropout masks continue exactly where they stopped
+        if torch.cuda.is_available() and "cuda_rng" in mine:
+            torch.cuda.set_rng_state_all(mine["cuda_rng"])
         logger.info("resumed from step %d (epoch %d, batch %d)", state["step"], state["epoch"], state["batch"])
+    elif rank:
+        torch.manual_seed(torch.initial_seed() + rank)  # its own dropout masks; rank 0 keeps a lone process's
+    distributed.broadcast_module(task.module())  # e.g. a randomly initialised head starts the same everywhere
 
-    log = open(out / "log.jsonl", "a", encoding="utf-8")
+    log = open(out / "log.jsonl", "a", encoding="utf-8") if main else None
     t_start, examples_start = time.time(), state["examples"]
     deadline = t_start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     window = {"loss": 0.0, "n": 0}  # micro-batch losses since the last log line
@@ -123,6 +147,7 @@ def train(task: Task, cfg: TrainConfig) -> dict:
         """One update from ``micro_batches`` accumulated micro-batches; logging, evaluation, checkpoints.
         Returns True when the run is over (total steps reached or this slice's time is up)."""
         nonlocal stopped
+        distributed.all_reduce_gradients(params)  # mean over processes: the global batch's gradient
         if micro_batches != cfg.grad_accum:  # an epoch's leftover: its gradient is a mean over what it has
             for p in params:
                 if p.grad is not None:
@@ -135,10 +160,12 @@ def train(task: Task, cfg: TrainConfig) -> dict:
         step = state["step"]
         if step % cfg.log_every == 0:
             rate = (state["examples"] - examples_start) / max(1e-9, time.time() - t_start)
-            _log(log, {"step": step, "loss": window["loss"] / max(1, window["n"]), "lr": scheduler.get_last_lr()[0],
-                       "examples": state["examples"], "examples_per_s": round(rate, 2)})
+            loss = distributed.mean(window["loss"] / max(1, window["n"]))  # the global batches', not a slice's
+            if main:
+                _log(log, {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                           "examples": state["examples"], "examples_per_s": round(rate, 2)})
             window.update(loss=0.0, n=0)
-        if step % cfg.eval_every == 0 or step == total:
+        if main and (step % cfg.eval_every == 0 or step == total):
             metrics = task.evaluate()
             task.module().train()
             _log(log, {"step": step, "examples": state["examples"], "eval": metrics})
@@ -148,7 +175,7 @@ def train(task: Task, cfg: TrainConfig) -> dict:
                 with atomic_dir(out / "best", overwrite=True) as tmp:
                     task.save(tmp)
                     atomic_write_json(tmp / "metrics.json", {"step": step, "examples": state["examples"], **metrics})
-        if time.time() >= deadline:
+        if deadline < math.inf and distributed.rank0_decides(time.time() >= deadline):
             stopped = True
         if step % cfg.save_every == 0 or step == total or stopped:
             _checkpoint(out, task, optimizer, scheduler, state)
@@ -163,7 +190,7 @@ def train(task: Task, cfg: TrainConfig) -> dict:
             if i < state["batch"]:
                 continue  # seen before the interruption: the same batch, skipped
             with autocast(precision, device):
-                loss = task.loss(batch)
+                loss = task.loss(distributed.shard_batch(batch, rank, world))  # all draw the same batches
             (loss / cfg.grad_accum).backward()
             window["loss"] += float(loss.detach())
             window["n"] += 1
@@ -182,17 +209,26 @@ def train(task: Task, cfg: TrainConfig) -> dict:
             state["epoch"] += 1
             state["batch"] = 0
             _checkpoint(out, task, optimizer, scheduler, state)
-    log.close()
+    if log is not None:
+        log.close()
+    distributed.barrier()  # rank 0's last checkpoint is on disk before any process returns
     return {"steps": state["step"], "best_metric": state["best"], "output_dir": str(out), "finished": not stopped,
             "examples_per_s": (state["examples"] - examples_start) / max(1e-9, time.time() - t_start)}
 
 
 def _checkpoint(out: Path, task: Task, optimizer, scheduler, state: dict) -> None:
+    """Rank 0 writes ``last/``; every process sends it its random state (a collective: all of them call this)."""
+    rng = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+    rngs = distributed.gather_to_main(rng)
+    if not distributed.is_main():
+        return
+    extra = {"rank_rngs": rngs} if len(rngs) > 1 else {}
     with atomic_dir(out / "last", overwrite=True) as tmp:
         task.save(tmp)
-        extra = {"cuda_rng": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state),
-                    "torch_rng": torch.get_rng_state(), **extra}, tmp / "trainer_state.pt")
+                    **rngs[0], **extra}, tmp / "trainer_state.pt")
 
 
 def _log(fh, record: dict) -> None:
