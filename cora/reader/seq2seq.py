@@ -20,6 +20,7 @@ import torch
 from cora.config import load_config, save_config
 from cora.datastore import Passage
 from cora.errors import CoraError
+from cora.evaluation.text import contains_answer
 from cora.reader.base import READER_CONFIG_FILE, Answer, Evidence, ReaderConfig, check_read_inputs
 
 
@@ -35,12 +36,12 @@ def training_passages(
     """CORA's mGEN training context: up to ``max_positive`` answer-containing passages sampled from the top ``k``,
     filled to ``k`` with the highest-ranked passages that do not contain an answer, shuffled."""
     top = list(ranked[:k])
-    has = [any(a and a in p.text for a in answers) for p in top]
+    has = [contains_answer(p.text, answers) for p in top]
     positives = [p for p, h in zip(top, has, strict=True) if h]
     chosen = rng.sample(positives, min(max_positive, len(positives)))
     # Unsampled positives are not reused as filler, so at most max_positive passages hold the answer; the
     # filler is the best-ranked answerless passages, reaching past the top k when positives were left out.
-    others = [p for p in ranked if not any(a and a in p.text for a in answers)]
+    others = [p for p in ranked if not contains_answer(p.text, answers)]
     context = chosen + others[: k - len(chosen)]
     rng.shuffle(context)
     return context
@@ -87,9 +88,14 @@ class Seq2SeqGenerator:
 
     def loss(self, question: str, lang: str, passages: Sequence[Passage], answer: str) -> torch.Tensor:
         """Teacher-forced cross-entropy of the answer given CORA's input string."""
-        src = self._source([format_source(question, lang, passages)])
-        labels = self.tokenizer(text_target=[answer], truncation=True, max_length=self.config.max_target_length,
-                                return_tensors="pt")["input_ids"].to(self.device)
+        return self.source_loss([format_source(question, lang, passages)], [answer])
+
+    def source_loss(self, sources: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+        """Teacher-forced cross-entropy of ``targets`` given already formatted ``sources`` (CORA's ``.source`` /
+        ``.target`` lines), padded into one batch: the mean over every target token of the batch."""
+        src = self._source(list(sources))
+        labels = self.tokenizer(text_target=list(targets), truncation=True, max_length=self.config.max_target_length,
+                                padding=True, return_tensors="pt")["input_ids"].to(self.device)
         labels = labels.masked_fill(labels == self.tokenizer.pad_token_id, -100)
         return self.model(**src, labels=labels).loss
 
