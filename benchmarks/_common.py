@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The shared data folder (XQuAD and the other public sets; see the README), as the tests find it.
+SHARED = Path(os.environ.get("CORA_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def machine() -> dict:
@@ -109,11 +110,12 @@ def synthetic_texts(n: int, words: int = 100, seed: int = 0) -> list[str]:
 
 def xquad_w100(langs=("en", "de", "zh", "ar", "ru", "th"), limit: int | None = None) -> list[str]:
     """Real passages at w100 length: XQuAD paragraphs cut to their first 100 words (200 characters for zh/th)."""
+    from cora.datasets import xquad_file
     from cora.datastore import read_squad
     from cora.languages import NO_SPACE_LANGS
 
     out = []
     for lang in langs:
-        for _, p in read_squad(SHARED / "xquad" / f"xquad.{lang}.json", lang, keep_titles=False):
+        for _, p in read_squad(xquad_file(SHARED, lang), lang, keep_titles=False):
             out.append(p.text[:200] if lang in NO_SPACE_LANGS else " ".join(p.text.split()[:100]))
     return out[:limit] if limit else out

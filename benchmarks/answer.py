@@ -1,8 +1,9 @@
 """End to end: Pipeline.answer() p50/p95 latency on CPU, for the XQuAD datastore and a 100k-passage store.
 
 The pipeline is the offline default shape: me5-small query encoder -> FAISS -> extractive reader on me5-small
-reading the top k = 10 passages -> language-link projection. The reader's span head is randomly initialised (no
-trained reader ships yet), which changes the answers, not the time.
+reading the top k = 10 passages -> language-link projection. The reader is a randomly initialised span head on
+me5-small, not the shipped me5-small-reader: the weights change the answers, not the time (the architecture and
+the token counts set it).
 
 * XQuAD store: the 2,400 XQuAD paragraphs and the Flat index built by recipes/xquad_retrieval.py.
 * 100k store: XQuAD paragraphs replicated to 100,000 passages with new ids; the index holds their me5 vectors
@@ -37,6 +38,7 @@ from _common import (  # noqa: E402
 )
 from search import replicate  # noqa: E402
 
+from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file  # noqa: E402
 from cora.datastore import Datastore, Passage  # noqa: E402
 from cora.index import DenseIndex, IndexConfig, auto_factory  # noqa: E402
 from cora.models import Encoder  # noqa: E402
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
         base_index = DenseIndex.load(run / "index-all-languages")
         encoder = Encoder.from_pretrained("me5-small", device="cpu")
         qs = [q for lang in ("de", "zh", "ar", "en", "ru", "th")
-              for q in read_squad_questions(SHARED / "xquad" / f"xquad.{lang}.json", lang, range(32, 40))]
+              for q in read_squad_questions(xquad_file(SHARED, lang), lang, XQUAD_DEV_ARTICLES)]
         rng = np.random.default_rng(0)
         qs = [qs[i] for i in rng.permutation(len(qs))[: args.questions]]
         questions, langs = [q.question for q in qs], [q.lang for q in qs]

@@ -37,6 +37,7 @@ from _common import (  # noqa: E402
     xquad_w100,
 )
 
+from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file  # noqa: E402
 from cora.models import Encoder  # noqa: E402
 
 
@@ -63,12 +64,12 @@ def xquad_recall(encoder: Encoder, langs=("de", "zh", "ar", "ru", "th", "hi")) -
     from cora.datastore import read_squad
     from cora.questions import read_squad_questions
 
-    paras = [p for _, p in read_squad(SHARED / "xquad" / "xquad.en.json", "en", keep_titles=False,
-                                      articles=range(32, 40))]
+    paras = [p for _, p in read_squad(xquad_file(SHARED, "en"), "en", keep_titles=False,
+                                      articles=XQUAD_DEV_ARTICLES)]
     groups = [p.group for p in paras]
     P = encoder.encode_passages([""] * len(paras), [p.text for p in paras])
-    qs = [q for lang in langs for q in read_squad_questions(SHARED / "xquad" / f"xquad.{lang}.json", lang,
-                                                            range(32, 40))]
+    qs = [q for lang in langs for q in read_squad_questions(xquad_file(SHARED, lang), lang,
+                                                            XQUAD_DEV_ARTICLES)]
     Q = encoder.encode_queries([q.question for q in qs])
     order = np.argsort(-(Q @ P.T), axis=1)
     ranks = [[groups[j] for j in row[:5]] for row in order]

@@ -4,9 +4,9 @@
 * seq2seq (mGEN): an mT5-small-shaped model (d_model 512, 8+8 layers, 250k vocabulary), greedy vs 4 beams,
   with the answer length fixed to 10 tokens so every setting decodes the same number of steps.
 
-No trained reader or mT5 weights exist offline, so both models carry random weights (the span head, all of
-mT5): the timings depend on the architecture and the token counts, not on the weights, and the answers are
-meaningless. The baseline is the naive extractive reader: k separate forward passes (one per passage) instead of
+Both models carry random weights (the span head, all of mT5): no mT5 weights ship with cora, and the extractive
+side is timed the same way rather than with the shipped me5-small-reader. The timings depend on the architecture
+and the token counts, not on the weights, and the answers are meaningless. The baseline is the naive extractive reader: k separate forward passes (one per passage) instead of
 one batched pass, as a per-passage loop would do.
 
     python benchmarks/generate.py [--questions 20] [--out results/generate.json]
@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     write_results,
 )
 
+from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file  # noqa: E402
 from cora.datastore import Passage  # noqa: E402
 from cora.reader.base import ReaderConfig  # noqa: E402
 from cora.reader.extractive import ExtractiveReader, SpanModel  # noqa: E402
@@ -47,10 +48,10 @@ def load_data(quick: bool, n_questions: int):
     from cora.datastore import read_squad
     from cora.questions import read_squad_questions
 
-    paras = [p for _, p in read_squad(SHARED / "xquad" / "xquad.de.json", "de", keep_titles=False)][:40]
+    paras = [p for _, p in read_squad(xquad_file(SHARED, "de"), "de", keep_titles=False)][:40]
     # w100 length, like the passages of a Wikipedia datastore
     paras = [Passage(p.id, p.lang, p.title, " ".join(p.text.split()[:100]), p.group) for p in paras]
-    qs = [q.question for q in read_squad_questions(SHARED / "xquad" / "xquad.de.json", "de", range(32, 40))]
+    qs = [q.question for q in read_squad_questions(xquad_file(SHARED, "de"), "de", XQUAD_DEV_ARTICLES)]
     return paras, qs[:n_questions]
 
 

@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, machine, print_table, synthetic_texts, tiny_encoder_dir, write_results, xquad_w100  # noqa: E402
 
+from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file  # noqa: E402
 from cora.models import Encoder  # noqa: E402
 from cora.precision import autocast, cpu_supports_bf16  # noqa: E402
 from cora.reader import ExtractiveReader  # noqa: E402
@@ -57,10 +58,10 @@ def xquad_recall(encoder_name: str) -> dict:
     from cora.datastore import read_squad
     from cora.questions import read_squad_questions
 
-    paragraphs = [p for _, p in read_squad(SHARED / "xquad" / "xquad.en.json", "en", keep_titles=False)]
+    paragraphs = [p for _, p in read_squad(xquad_file(SHARED, "en"), "en", keep_titles=False)]
     groups = np.array([p.group for p in paragraphs])
     questions = [q for lang in ("ar", "de", "en", "hi", "ru", "zh")
-                 for q in read_squad_questions(SHARED / "xquad" / f"xquad.{lang}.json", lang, range(32, 40))]
+                 for q in read_squad_questions(xquad_file(SHARED, lang), lang, XQUAD_DEV_ARTICLES)]
     out = {}
     for prec in PRECISIONS:
         enc = Encoder.from_pretrained(encoder_name, device="cpu", precision=prec)

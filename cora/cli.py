@@ -47,7 +47,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         ),
         epilog="Run 'cora <command> --help' for the options of each command.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug messages, and show the libraries' own output (model-loading progress bars, "
+                             "transformers' and torch's warnings) that is hidden by default")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for module in _REGISTRARS:
         if command is not None and module in _HEAVY and _HEAVY[module][0] != command:
@@ -56,6 +58,36 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         else:
             importlib.import_module(module).register(sub)
     return parser
+
+
+# Warnings of the pinned torch about its own int8 path (Encoder.quantize_int8): the API works, and the notice is
+# for torch's developers, not for someone indexing passages. Shown with -v.
+_TORCH_NOTICES = (
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation"),
+)
+
+
+def quiet_libraries() -> None:
+    """Hide what the libraries print on their own: transformers' "Loading weights ... 197/197" bar on every model
+    load and its advisory warnings, and torch's int8 deprecation notices. Done by the command line only (a
+    library import never changes these settings); ``cora -v`` keeps them."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    if "transformers" in sys.modules:  # already imported (a caller of main() in the same process)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    else:
+        # transformers takes its progress-bar switch from huggingface_hub when it is imported (importing it here
+        # would cost every command the seconds of importing torch); huggingface_hub alone is a few ms.
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    for category, message in _TORCH_NOTICES:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise for users
+    if not args.verbose:
+        quiet_libraries()
+    if "WORLD_SIZE" in os.environ:  # started by torchrun: join the process group before any model is built
+        from cora.distributed import init_from_env
+
+        init_from_env()
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit

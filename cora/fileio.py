@@ -17,10 +17,45 @@ from typing import Any
 from cora.errors import CoraError, OutputExists
 
 
+def current_umask() -> int:
+    """The process umask. Linux reports it in /proc (no change needed to read it); elsewhere it is set and restored,
+    which is how POSIX lets a process read it."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def mkstemp_like_open(prefix: str, dir: Path) -> tuple[int, str]:
+    """``tempfile.mkstemp``, but the file gets the mode ``open()`` would give it (0666 less the umask) rather than
+    0600: the temporary becomes the artifact, and an artifact should be as readable as the user's other files."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=dir)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+def apply_umask(folder: str | os.PathLike) -> None:
+    """Give every file and folder under ``folder`` (itself included) the mode ``open``/``mkdir`` would: some
+    writers create private files whatever the umask (safetensors writes 0600), and an artifact should be as
+    readable as the user's other files."""
+    mask = current_umask()
+    folder = Path(folder)
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = mkstemp_like_open(f".{path.name}.", path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -142,7 +177,8 @@ def glob_escape(name: str) -> str:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
                is_kind: Callable[[Path], bool] | None = None, kind: str = "artifact") -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path``, on error it is removed.
+    """Yield a temporary sibling folder; on success it replaces ``path`` (with the modes the umask gives, see
+    :func:`apply_umask`: the temporary folder is private until then), on error it is removed.
 
     With ``is_kind``, an existing ``path`` is replaced only when it is that kind of artifact (see
     :func:`check_output`). Temporary folders of earlier builds that were killed are removed first."""
@@ -154,6 +190,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=path.parent))
             os.replace(path, old / "old")

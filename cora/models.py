@@ -20,6 +20,7 @@ import torch
 
 from cora.config import EncoderConfig, load_config, save_config
 from cora.errors import CoraError
+from cora.fileio import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +271,8 @@ class Encoder:
             self.model.save_pretrained(folder, safe_serialization=True)
             self.tokenizer.save_pretrained(folder)
         save_config(self.config, folder / ENCODER_CONFIG_FILE)
+        for weights in folder.glob("**/*.safetensors"):  # safetensors writes them 0600 whatever the umask
+            os.chmod(weights, 0o666 & ~current_umask())
 
     def quantize_int8(self) -> Encoder:
         """Dynamic int8 quantisation of every Linear layer (CPU inference only; weights int8, activations

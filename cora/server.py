@@ -358,7 +358,10 @@ def create_app(pipeline, config: ServeConfig | None = None):
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        errors = [{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
+        errors = [{"field": "body", "message": f"not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))}); "
+                                               "send a JSON object such as {\"question\": \"...\"}"}
+                  if e.get("type") == "json_invalid"  # its loc is the byte offset, which is no field
+                  else {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
                   for e in exc.errors()]
         summary = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
         return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
@@ -391,6 +394,7 @@ def create_app(pipeline, config: ServeConfig | None = None):
         ds = pipeline.retriever.datastore
         return {"version": cora.__version__, "datastore": {"passages": len(ds), "languages": ds.languages},
                 "encoder": pipeline.retriever.encoder.config.backbone,
+                "query_encoder": _query_tower(pipeline),
                 "reader": {"backend": pipeline.reader.config.backend, "model": pipeline.reader.config.model},
                 "k": pipeline.config.k, "projection": pipeline.config.projection, "limits": asdict(config),
                 "batching": {"batches": batcher.batches, "questions": batcher.questions},
@@ -423,6 +427,16 @@ def create_app(pipeline, config: ServeConfig | None = None):
 
     app.state.batcher = batcher
     return _Guard(app, config.max_body_bytes, config.allowed_hosts)
+
+
+def _query_tower(pipeline) -> dict:
+    """What encodes the questions: the index's own encoder, or the pipeline's query encoder (and its adapter's
+    scope: 'cross-lingual' uses it only for questions in languages the datastore lacks)."""
+    encoder = pipeline.retriever.encoder
+    adapter = encoder.query_model is not None
+    return {"name": pipeline.config.query_encoder or pipeline.retriever.index.config.encoder,
+            "adapter": encoder.config.query_adapter if adapter else None,
+            "scope": encoder.config.query_adapter_scope if adapter else None}
 
 
 class BackgroundServer:

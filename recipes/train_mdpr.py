@@ -31,25 +31,25 @@ from pathlib import Path
 
 from cora.bm25 import BM25Index
 from cora.cli import main as cora_main
+from cora.datasets import (
+    SQUAD_SOURCES,
+    XQUAD_DEV_ARTICLES,
+    XQUAD_LANGS,
+    XQUAD_TRAIN_ARTICLES,
+    xquad_aligned,
+    xquad_file,
+)
 from cora.datastore import Datastore, read_squad
 from cora.models import Encoder
 from cora.questions import Question, read_squad_questions
 from cora.retriever_training import build_examples, dev_recall, write_examples
 
-XQUAD_LANGS = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
-TRAIN_ARTICLES, DEV_ARTICLES = range(0, 32), range(32, 40)
-
 
 def sources(data: Path):
-    """(path, lang, articles) of every training file."""
-    out = [(data / "xquad" / f"xquad.{lang}.json", lang, TRAIN_ARTICLES) for lang in XQUAD_LANGS]
-    out += [(data / "tydiqa-goldp" / f"{name}_tydiqa_train.json", lang, None)
-            for name, lang in (("english", "en"), ("korean", "ko"), ("swahili", "sw"))]
-    out += [(p, "ja", None) for p in sorted((data / "jaquad").glob("jaquad_train_*.json"))]
-    out += [(data / "arcd" / "arcd-train.json", "ar", None), (data / "drcd" / "DRCD_dev.json", "zh-TW", None),
-            (data / "squad-it" / "SQuAD_it-test.json", "it", None),
-            (data / "squad-es" / "dev-v1.1-es_small.json", "es", TRAIN_ARTICLES)]
-    return out
+    """(path, lang, articles) of every training file: cora.datasets.SQUAD_SOURCES, uncapped, with XQuAD and SQuAD-es
+    (the same 40 articles) restricted to the training articles."""
+    return [(path, src.lang, XQUAD_TRAIN_ARTICLES if xquad_aligned(src) else None)
+            for src in SQUAD_SOURCES for path in sorted(data.glob(src.path))]
 
 
 def main(argv=None) -> int:
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
             qs = [q for q in read_squad_questions(p, lang, arts)
                   if q.answers and (keep is None or q.gold_passage in keep)]
             questions += qs[: args.limit_per_source] if args.limit_per_source else qs
-        assert all(q.article < 32 for q in questions if "xquad" in q.gold_passage), "dev article leaked"
+        assert all(q.article < XQUAD_DEV_ARTICLES.start for q in questions if "xquad" in q.gold_passage), \
+            "dev article leaked"
         bm25 = BM25Index(train_ds) if tower == "shared" else None  # query tower: every paragraph is a negative
         examples = build_examples(questions, train_ds, bm25, hard_negatives=3)
         # XQuAD shares question ids across languages: the English original of each question is its pivot
@@ -103,12 +104,12 @@ def main(argv=None) -> int:
     dev_ds_dir = out / "dev-datastore"
     if not dev_ds_dir.exists():
         Datastore.build(itertools.chain.from_iterable(
-            read_squad(data / "xquad" / f"xquad.{lang}.json", lang, keep_titles=False, articles=DEV_ARTICLES)
+            read_squad(xquad_file(data, lang), lang, keep_titles=False, articles=XQUAD_DEV_ARTICLES)
             for lang in XQUAD_LANGS), dev_ds_dir)
     rng = random.Random(0)
     dev = []
     for lang in XQUAD_LANGS:
-        qs = list(read_squad_questions(data / "xquad" / f"xquad.{lang}.json", lang, DEV_ARTICLES))
+        qs = list(read_squad_questions(xquad_file(data, lang), lang, XQUAD_DEV_ARTICLES))
         dev += rng.sample(qs, min(args.dev_per_lang, len(qs)))
     (out / "dev.jsonl").write_text("".join(json.dumps({"id": q.id, "question": q.question, "lang": q.lang,
                                                        "gold_group": q.gold_group}, ensure_ascii=False) + "\n"

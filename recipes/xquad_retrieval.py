@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from cora.bm25 import BM25Index, reciprocal_rank_fusion
+from cora.datasets import XQUAD_DEV_ARTICLES, XQUAD_LANGS, xquad_file
 from cora.datastore import Datastore, read_squad
 from cora.evaluation.retrieval import RankedResult, recall_at_k
 from cora.index import build_index
@@ -35,8 +36,7 @@ from cora.models import Encoder
 from cora.questions import read_squad_questions
 from cora.retriever import Retriever
 
-LANGS = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
-DEV_ARTICLES = range(32, 40)
+LANGS = list(XQUAD_LANGS)
 KS = (1, 5, 20)
 FUSION_DEPTH = 100  # each retriever's top 100 enter the reciprocal-rank fusion
 
@@ -60,12 +60,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     encoder = Encoder.from_pretrained(args.encoder)
     questions = list(itertools.chain.from_iterable(
-        read_squad_questions(xquad / f"xquad.{lang}.json", lang, DEV_ARTICLES) for lang in LANGS))
+        read_squad_questions(xquad_file(args.data, lang), lang, XQUAD_DEV_ARTICLES) for lang in LANGS))
 
-    results = {"encoder": args.encoder, "questions": len(questions), "dev_articles": "32-39", "settings": {}}
+    results = {"encoder": args.encoder, "questions": len(questions), "dev_articles": f"{XQUAD_DEV_ARTICLES.start}-{XQUAD_DEV_ARTICLES.stop - 1}", "settings": {}}
     for setting, langs in (("all-languages", LANGS), ("english-only", ["en"])):
         ds_dir = out / f"datastore-{setting}"
-        sources = [read_squad(xquad / f"xquad.{lang}.json", lang, keep_titles=False) for lang in langs]
+        sources = [read_squad(xquad_file(args.data, lang), lang, keep_titles=False) for lang in langs]
         ds = Datastore(ds_dir) if ds_dir.exists() else Datastore.build(itertools.chain(*sources), ds_dir)
         idx_dir = out / f"index-{setting}"
         t0 = time.time()

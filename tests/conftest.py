@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny randomly initialised encoder and a small multilingual corpus written here."""
+"""Shared fixtures: a small multilingual corpus, and the tiny randomly initialised models every test builds from
+(an encoder, an extractive reader over it, an mT5 generator), each built here once."""
 
 from __future__ import annotations
 
@@ -61,6 +62,45 @@ def make_tiny_encoder(folder: Path, pooling: str = "mean", seed: int = 0) -> Pat
     save_config(EncoderConfig(str(folder), pooling, "query: ", "passage: ", True, 16, 64),
                 folder / "encoder_config.json")
     return folder
+
+
+def make_tiny_reader(encoder_dir: Path, seed: int = 0, precision: str | None = None, **config):
+    """An extractive reader with a randomly initialised span head on the tiny encoder (``config``: ReaderConfig
+    fields; max_length 32 and max_answer_tokens 5 unless given)."""
+    import torch
+
+    from cora.models import _load_hf_encoder
+    from cora.reader.base import ReaderConfig
+    from cora.reader.extractive import ExtractiveReader, SpanModel
+
+    torch.manual_seed(seed)
+    encoder, tokenizer = _load_hf_encoder(str(encoder_dir))
+    return ExtractiveReader(SpanModel(encoder), tokenizer,
+                            ReaderConfig(**{"max_length": 32, "max_answer_tokens": 5, **config}), device="cpu",
+                            precision=precision)
+
+
+def make_tiny_mt5(words, d_model: int = 16, layers: int = 1, seed: int = 0, **config):
+    """A randomly initialised mT5 generator with a word-level tokenizer over ``words`` (``config``: ReaderConfig
+    fields; backend seq2seq, model 'tiny-mt5', greedy, 4 target tokens unless given)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
+
+    from cora.reader.base import ReaderConfig
+    from cora.reader.seq2seq import Seq2SeqGenerator
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "</s>", "[UNK]", *dict.fromkeys(words)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="</s>", unk_token="[UNK]")
+    torch.manual_seed(seed)
+    model = MT5ForConditionalGeneration(MT5Config(
+        vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=layers,
+        num_decoder_layers=layers, num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    config = {"backend": "seq2seq", "model": "tiny-mt5", "num_beams": 1, "max_target_length": 4, **config}
+    return Seq2SeqGenerator(model, tokenizer, ReaderConfig(**config), device="cpu")
 
 
 @pytest.fixture(scope="session")

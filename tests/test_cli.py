@@ -136,3 +136,34 @@ def flat_index_dir(datastore, tiny_encoder, tiny_encoder_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli-idx")
     build_index(datastore, tiny_encoder, out, str(tiny_encoder_dir), factory="Flat", show_progress=False)
     return out
+
+
+def test_library_noise_is_hidden_unless_verbose(datastore, monkeypatch, capsys):
+    """transformers' "Loading weights ... 197/197" bars and torch's int8 deprecation notices are hidden by the
+    command line (never by importing cora); -v keeps them."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    import cora.cli
+
+    calls = []
+    monkeypatch.setattr(cora.cli, "quiet_libraries", lambda: calls.append(1))
+    assert main(["-v", "datastore", "info", str(datastore.path)]) == 0 and calls == []
+    assert main(["datastore", "info", str(datastore.path)]) == 0 and calls == [1]
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    hf_logging.enable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    try:
+        with warnings.catch_warnings(record=True) as seen:  # the filters quiet_libraries adds end with the block
+            warnings.simplefilter("always")
+            cora.cli.quiet_libraries()
+            assert not hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == hf_logging.ERROR
+            warnings.warn("torch.ao.quantization is deprecated and will be removed in 2.10.", DeprecationWarning, stacklevel=1)
+            warnings.warn("some other deprecation", DeprecationWarning, stacklevel=1)
+        assert [str(w.message) for w in seen] == ["some other deprecation"]
+    finally:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(verbosity)

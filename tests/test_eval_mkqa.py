@@ -10,6 +10,8 @@ import pytest
 from cora.evaluation import mkqa
 from cora.evaluation.mkqa import Prediction, best_threshold_metrics, score_examples
 
+from .conftest import make_tiny_reader
+
 # ml-mkqa tests/test_mkqa_eval.py::test_compute_mkqa_scores — (prediction, binary, no_answer_prob, golds, f1, em)
 EN_CASES = [
     ("first dummy answer", None, 0, ["first dummy answer", "second dummy answer"], 1.0, 1.0),
@@ -193,19 +195,11 @@ def test_prediction_record_from_a_cora_answer():
 
 def test_cora_answer_mkqa_format_scored_by_cora_evaluate_mkqa(tiny_encoder_dir, tiny_encoder, datastore, tmp_path,
                                                               capsys):
-    import torch
-
     from cora.cli import main
     from cora.index import build_index
-    from cora.models import _load_hf_encoder
     from cora.pipeline import Pipeline
-    from cora.reader.base import ReaderConfig
-    from cora.reader.extractive import ExtractiveReader, SpanModel
 
-    torch.manual_seed(0)
-    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
-    ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5), device="cpu",
-                     precision="fp32").save_pretrained(tmp_path / "reader")
+    make_tiny_reader(tiny_encoder_dir, precision="fp32").save_pretrained(tmp_path / "reader")
     build_index(datastore, tiny_encoder, tmp_path / "index", str(tiny_encoder_dir), factory="Flat",
                 show_progress=False)
     Pipeline.create(tmp_path / "pipe", tmp_path / "index", tmp_path / "reader", k=2)

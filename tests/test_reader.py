@@ -9,8 +9,10 @@ import torch
 
 from cora.datastore import Passage
 from cora.errors import CoraError
-from cora.reader import Answer, Evidence, ExtractiveReader, format_source, project_answer, training_passages
+from cora.reader import Answer, Evidence, format_source, project_answer, training_passages
 from cora.reader.spans import best_spans, best_spans_naive, joint_span_loss
+
+from .conftest import make_tiny_mt5, make_tiny_reader
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -60,14 +62,7 @@ PASSAGES = [
 
 @pytest.fixture()
 def tiny_reader(tiny_encoder_dir):
-    from cora.models import _load_hf_encoder
-    from cora.reader.base import ReaderConfig
-    from cora.reader.extractive import SpanModel
-
-    torch.manual_seed(0)
-    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
-    return ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5),
-                            device="cpu", precision="fp32")
+    return make_tiny_reader(tiny_encoder_dir, precision="fp32")
 
 
 def test_long_passages_are_read_in_windows_scored_jointly(tiny_encoder_dir):
@@ -75,15 +70,8 @@ def test_long_passages_are_read_in_windows_scored_jointly(tiny_encoder_dir):
     and the answer equals a naive search over all windows' spans, mapped back to the passage text."""
     from dataclasses import replace
 
-    from cora.models import _load_hf_encoder
-    from cora.reader.base import ReaderConfig
-    from cora.reader.extractive import SpanModel
-
-    torch.manual_seed(1)
-    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
-    reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=12, max_answer_tokens=3,
-                                                                          stride=3), device="cpu",
-                              precision="fp32")
+    reader = make_tiny_reader(tiny_encoder_dir, seed=1, precision="fp32", max_length=12, max_answer_tokens=3,
+                              stride=3)
     words = "der nil ist ein fluss in afrika der mond umkreist die erde tee ist ein getränk aus blättern".split()
     long = Passage("long-de", "de", "", " ".join(words), "g")
     passages = [PASSAGES[0], long]
@@ -196,25 +184,9 @@ def test_training_passages_follow_cora_recipe():
 
 
 @pytest.fixture(scope="module")
-def tiny_mt5(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
-
-    from cora.reader import Seq2SeqGenerator
-    from cora.reader.base import ReaderConfig
-
+def tiny_mt5():
     words = "<Q>: [de] [en] <P>:<0: <1: Everest> Nil> wie hoch ist der everest? es ist 8.849 meter".split()
-    vocab = {w: i for i, w in enumerate(["[PAD]", "</s>", "[UNK]", *dict.fromkeys(words)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="</s>", unk_token="[UNK]")
-    torch.manual_seed(0)
-    model = MT5ForConditionalGeneration(MT5Config(
-        vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
-    return Seq2SeqGenerator(model, tokenizer, ReaderConfig(backend="seq2seq", model="tiny-mt5", num_beams=2,
-                                                           max_target_length=6), device="cpu")
+    return make_tiny_mt5(words, d_model=32, layers=2, num_beams=2, max_target_length=6)
 
 
 def test_seq2seq_training_lowers_loss_and_generates(tiny_mt5, tmp_path):

@@ -25,7 +25,7 @@ import pytest
 from cora.cli import main
 from cora.errors import CoraError
 
-from .conftest import CORPUS
+from .conftest import CORPUS, make_tiny_reader
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "behaviour.md"
 ROWS: list[tuple[str, str, str, str]] = []  # (area, input, behaviour, test): the docs table
@@ -300,19 +300,11 @@ def test_questions_without_letters_are_refused(index_dir, pipeline, tmp_path):
 # --------------------------------------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
 def pipeline(datastore, tiny_encoder, index_dir):
-    import torch
-
     from cora.index import DenseIndex
-    from cora.models import _load_hf_encoder
     from cora.pipeline import Pipeline, PipelineConfig
-    from cora.reader import ExtractiveReader, ReaderConfig
-    from cora.reader.extractive import SpanModel
     from cora.retriever import Retriever
 
-    torch.manual_seed(0)
-    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder.config.backbone))
-    reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5),
-                              device="cpu")
+    reader = make_tiny_reader(tiny_encoder.config.backbone)
     retriever = Retriever(tiny_encoder, DenseIndex.load(index_dir), datastore, hybrid=True)
     return Pipeline(retriever, reader, PipelineConfig(str(index_dir), "tiny", k=3, max_k=10))
 

@@ -10,26 +10,21 @@ import urllib.error
 import urllib.request
 
 import pytest
-import torch
 
 from cora.pipeline import Pipeline, PipelineConfig
 from cora.server import BackgroundServer, ServeConfig, create_app, snippet
+
+from .conftest import make_tiny_reader
 
 
 @pytest.fixture(scope="module")
 def pipeline(datastore, tiny_encoder, tiny_encoder_dir, tmp_path_factory):
     from cora.index import DenseIndex, build_index
-    from cora.models import _load_hf_encoder
-    from cora.reader import ExtractiveReader, ReaderConfig
-    from cora.reader.extractive import SpanModel
     from cora.retriever import Retriever
 
     tmp = tmp_path_factory.mktemp("serve")
     build_index(datastore, tiny_encoder, tmp / "index", str(tiny_encoder_dir), factory="Flat", show_progress=False)
-    torch.manual_seed(0)
-    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
-    reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5),
-                              device="cpu")
+    reader = make_tiny_reader(tiny_encoder_dir)
     return Pipeline(Retriever(tiny_encoder, DenseIndex.load(tmp / "index"), datastore), reader,
                     PipelineConfig(str(tmp / "index"), "tiny", k=3, max_k=10))
 
@@ -76,6 +71,8 @@ def test_retrieve_health_info_page_and_schema(server, pipeline, datastore):
     status, info = call(server, "/info")
     assert status == 200 and info["datastore"] == {"passages": len(datastore), "languages": datastore.languages}
     assert info["limits"]["max_k"] == 5 and info["reader"]["backend"] == "extractive"
+    # The index's own encoder encodes the questions (no query tower in this pipeline): /info names it.
+    assert info["query_encoder"] == {"name": pipeline.retriever.index.config.encoder, "adapter": None, "scope": None}
     status, page = call(server, "/")
     assert status == 200 and 'id="question"' in page and 'name="viewport"' in page
     status, schema = call(server, "/openapi.json")
@@ -103,7 +100,10 @@ def test_bad_inputs_are_4xx_with_the_field_named(server, body, field):
 
 def test_malformed_and_oversized_bodies(server):
     status, detail = call(server, "/answer", raw=b"{not json")
-    assert status == 422
+    assert status == 422 and [e["field"] for e in detail["errors"]] == ["body"]  # not the byte offset, "0"
+    assert detail["detail"].startswith("body: not valid JSON (") and '{"question": "..."}' in detail["detail"]
+    status, detail = call(server, "/answer", raw=b'["a list"]')
+    assert status == 422 and [e["field"] for e in detail["errors"]] == [""]
     status, detail = call(server, "/answer", raw=json.dumps({"question": "x" * 5000}).encode())
     assert status == 413 and "2048 bytes" in detail["detail"]
     status, _ = call(server, "/nowhere")

@@ -27,7 +27,7 @@ def register(sub) -> None:
     c.add_argument("--no-projection", action="store_true", help="do not project answers through language links")
     c.add_argument("--hybrid", action="store_true",
                    help="fuse BM25 in for questions whose language the datastore holds (off by default: on XQuAD dev "
-                        "it raised recall@1 but lowered answer F1, see the README)")
+                        "it raised recall@1 but lowered answer F1, see docs/retrieval.md)")
     c.set_defaults(func=_create)
 
     a = sub.add_parser(

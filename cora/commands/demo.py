@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from cora.errors import CoraError
@@ -36,7 +37,28 @@ def register(sub) -> None:
     p.set_defaults(func=run_demo)
 
 
-def run_demo(args) -> int:
+@dataclass
+class DemoRun:
+    """What ``cora demo`` built and answered: the folders, the questions, the answers and each answer's token F1
+    against the expected answers (None for a question without one)."""
+
+    out: Path
+    datastore: object
+    pipeline: object
+    questions: list
+    answers: list
+    f1: list[float | None]
+
+    @property
+    def mean_f1(self) -> float:
+        scored = [f for f in self.f1 if f is not None]
+        return 100 * sum(scored) / len(scored) if scored else float("nan")
+
+
+def demo(data: Path = SAMPLE, out: Path | None = None, overwrite: bool = False, encoder: str = "me5-small",
+         query_encoder: str | None = "mdpr-me5-small", reader: str = "me5-small-reader", k: int = 5) -> DemoRun:
+    """Build the datastore, index and pipeline from ``data`` under ``out`` ($CORA_HOME/demo by default, rebuilt
+    every time) and answer its questions."""
     from cora.datastore import Datastore, is_datastore, read_jsonl
     from cora.evaluation.xor import score_one
     from cora.fileio import check_output
@@ -45,44 +67,50 @@ def run_demo(args) -> int:
     from cora.pipeline import PIPELINE_FILE, Pipeline
     from cora.questions import read_questions
 
-    data = Path(args.data)
+    data = Path(data)
     if not (data / "passages.jsonl").exists():
         raise CoraError(f"{data} has no passages.jsonl; pass --data a folder holding passages.jsonl and "
                         "questions.jsonl (the default is the sample shipped with cora)")
-    out = Path(args.out) if args.out else cora_home() / "demo"
-    replace = args.overwrite or not args.out  # the default folder is cora's own, rebuilt on every run
+    replace = overwrite or out is None  # the default folder is cora's own, rebuilt on every run
+    out = Path(out) if out is not None else cora_home() / "demo"
     check_output(out / "datastore", overwrite=replace, inputs=[data], kind="datastore", is_kind=is_datastore)
     check_index_output(out / "index", replace, inputs=[data])
     check_output(out / "pipeline" / PIPELINE_FILE, overwrite=replace, inputs=[data])
     ds = Datastore.build(read_jsonl(data / "passages.jsonl"), out / "datastore", overwrite=replace,
                          sources=[str(data / "passages.jsonl")])
-    encoder = Encoder.from_pretrained(args.encoder)
-    build_index(ds, encoder, out / "index", args.encoder, factory="Flat", show_progress=False)
-    query = None if str(args.query_encoder).lower() == "none" else args.query_encoder
-    Pipeline.create(out / "pipeline", out / "index", args.reader, k=args.k, query_encoder=query)
+    build_index(ds, Encoder.from_pretrained(encoder), out / "index", encoder, factory="Flat", show_progress=False)
+    Pipeline.create(out / "pipeline", out / "index", reader, k=k, query_encoder=query_encoder)
     pipeline = Pipeline.from_pretrained(out / "pipeline")
     questions = read_questions(data / "questions.jsonl")
     answers = pipeline.answer_batch([q.question for q in questions], [q.lang for q in questions])
+    f1 = [score_one(a.text, q.answers, q.lang, "fixed")[0] if q.answers else None
+          for q, a in zip(questions, answers, strict=True)]
+    return DemoRun(out, ds, pipeline, questions, answers, f1)
+
+
+def run_demo(args) -> int:
+    query = None if str(args.query_encoder).lower() == "none" else args.query_encoder
+    run = demo(Path(args.data), Path(args.out) if args.out else None, args.overwrite, args.encoder, query,
+               args.reader, args.k)
+    ds, questions = run.datastore, run.questions
     print(f"\nsample datastore: {len(ds)} passages in {len(ds.languages)} languages "
           f"({', '.join(ds.languages)}); {len(questions)} questions in "
           f"{len({q.lang for q in questions})} languages; retrieval {args.encoder}"
           + (f" + query tower {query}" if query else "") + f"; reader {args.reader}, k={args.k}\n")
-    f1s = []
-    for q, a in zip(questions, answers, strict=True):
+    for q, a, f1 in zip(questions, run.answers, run.f1, strict=True):
         print(f"[{q.lang}] {q.question}")
         print(f"   answer: {a.text}" + ("   (projected through a language link)" if a.projected else ""))
         for ev in a.evidence:
             print(f"   {ev.role}: [{ev.lang}] {ev.passage_id} \"{_snippet(ev.text, ev.start, ev.end)}\"")
-        if q.answers:
-            f1, _, _ = score_one(a.text, q.answers, q.lang, "fixed")
-            f1s.append(f1)
+        if f1 is not None:
             print(f"   expected: {' | '.join(q.answers)}   (token F1 {100 * f1:.0f})")
         print()
-    if f1s:
-        print(f"mean token F1 against the expected answers: {100 * sum(f1s) / len(f1s):.1f} over {len(f1s)} "
-              f"questions")
-    print(f"pipeline saved in {out / 'pipeline'}: cora answer --pipeline {out / 'pipeline'} --questions Q.jsonl "
-          "--out PRED.json")
+    if any(f is not None for f in run.f1):
+        print(f"mean token F1 against the expected answers: {run.mean_f1:.1f} over "
+              f"{sum(f is not None for f in run.f1)} questions")
+    print(f"index saved in {run.out / 'index'} (datastore {run.out / 'datastore'})")
+    print(f"pipeline saved in {run.out / 'pipeline'}: cora answer --pipeline {run.out / 'pipeline'} "
+          "--questions Q.jsonl --out PRED.json")
     return 0
 
 
