@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cora.errors import CoraError
+from cora.fileio import apply_umask
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +307,7 @@ def convert_e5_file(src: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         (tmp / "cora_conversion.json").write_text(
             json.dumps({"source": str(src), "source_sha256": file_sha256(src), "format": "E5S1"}, indent=2)
         )
+        apply_umask(tmp)  # mkdtemp makes it 0700 and safetensors writes 0600
         try:
             os.replace(tmp, out_dir)
         except OSError:

@@ -163,6 +163,3 @@ class Retriever:
         return [SearchHit(p.id, s, rank, p.lang, p.group, p.title, p.text, r)
                 for rank, ((s, r), p) in enumerate(zip(keep, passages, strict=True), 1)]
 
-    @staticmethod
-    def detect_language(question: str) -> str:
-        return detect_language(question)

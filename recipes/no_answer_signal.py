@@ -15,6 +15,8 @@ import json
 import random
 from pathlib import Path
 
+from cora.datasets import XQUAD_DEV_ARTICLES as DEV
+from cora.datasets import xquad_file
 from cora.datastore import Passage
 from cora.evaluation.mkqa import prediction_record
 from cora.reader import load_reader
@@ -29,7 +31,7 @@ def main(argv=None) -> int:
     reader = load_reader(args.reader)
     present, absent = [], []
     for lang in ["en", "de", "ar", "ru", "zh", "hi"]:
-        data = json.loads((Path(args.data) / "xquad" / f"xquad.{lang}.json").read_text(encoding="utf-8"))["data"][32:40]
+        data = json.loads(xquad_file(args.data, lang).read_text(encoding="utf-8"))["data"][DEV.start : DEV.stop]
         paras = [p for a in data for p in a["paragraphs"]]
         qs = [(q, i) for i, p in enumerate(paras) for q in p["qas"]]
         for q, i in rng.sample(qs, 10):

@@ -13,10 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cora.datasets import XQUAD_DEV_ARTICLES, XQUAD_TRAIN_ARTICLES  # noqa: F401 (re-exported)
 from cora.datastore import Passage, iter_squad_paragraphs
-
-XQUAD_DEV_ARTICLES = range(32, 40)
-XQUAD_TRAIN_ARTICLES = range(0, 32)
 
 
 @dataclass

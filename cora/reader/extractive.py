@@ -116,6 +116,8 @@ class ExtractiveReader:
         quarter of fp16's size, and the rounding falls on the small fine-tuning change, not on the weights."""
         from safetensors.torch import save_file
 
+        from cora.fileio import apply_umask
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.config.trainable_layers is not None:
@@ -137,6 +139,7 @@ class ExtractiveReader:
                 heads = {k.removeprefix("head."): v for k, v in heads.items()}
             save_file({k: v.contiguous().cpu() for k, v in heads.items()}, str(folder / HEAD_FILE))
         save_config(self.config, folder / READER_CONFIG_FILE)
+        apply_umask(folder)  # safetensors writes 0600 whatever the umask
 
     def train_layers(self, n: int) -> None:
         """Train (and save) the top ``n`` encoder layers and the heads from now on."""

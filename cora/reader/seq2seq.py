@@ -21,6 +21,7 @@ from cora.config import load_config, save_config
 from cora.datastore import Passage
 from cora.errors import CoraError
 from cora.evaluation.text import contains_answer
+from cora.fileio import apply_umask
 from cora.reader.base import READER_CONFIG_FILE, Answer, Evidence, ReaderConfig, check_read_inputs
 
 
@@ -80,6 +81,7 @@ class Seq2SeqGenerator:
         self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         save_config(self.config, folder / READER_CONFIG_FILE)
+        apply_umask(folder)  # safetensors writes 0600 whatever the umask
 
     def _source(self, texts: list[str]) -> dict:
         enc = self.tokenizer(texts, truncation=True, max_length=self.config.max_source_length, padding=True,
