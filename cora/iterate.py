@@ -34,7 +34,6 @@ import dataclasses
 import json
 import logging
 import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,19 @@ from pathlib import Path
 from cora.config import config_from_dict
 from cora.datastore import Datastore, Passage
 from cora.errors import CoraError
+from cora.evaluation.text import answer_occurrences, contains_answer
 from cora.fileio import atomic_dir, atomic_write_json, atomic_write_text
+from cora.mining import (
+    Mined,
+    Retrieved,
+    answers_for,
+    is_correct,
+    label_questions,
+    load_labels,
+    mine,
+    reader_answers,
+    save_labels,
+)
 from cora.questions import Question, read_questions
 
 logger = logging.getLogger(__name__)
@@ -99,6 +110,16 @@ class IterateConfig:
         "help": "retriever_tower 'query', when the round-0 encoder has no query tower yet: which questions the new "
                 "adapter encodes, 'all' or 'cross-lingual' (only those whose language the searched datastore lacks; "
                 "the others use the backbone). Default 'all'; an encoder that has an adapter keeps its own scope"})
+    dev_recall: str = field(default="group", metadata={
+        "help": "what a dev hit is: 'group' (the gold passage or a language version of it; every dev question needs "
+                "a gold_group) or 'answer' (a passage holding one of the question's gold answers in any language, "
+                "contains_answer: for dev sets without gold passages, e.g. AfriQA)"})
+    eval_qa_per_lang: int | None = field(default=None, metadata={
+        "help": "dev questions per language that are also read for F1/EM (the first ones in the file); recall is "
+                "measured on all. Default: all"})
+    reader_trainable_layers: int | None = field(default=None, metadata={
+        "help": "extractive reader: train only its top N encoder layers (and heads) in each round; the saved reader "
+                "keeps every layer it had. Default: those the reader trains already"})
     index_factory: str = field(default="Flat", metadata={"help": "FAISS factory of every round's index"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and data order"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
@@ -115,6 +136,8 @@ class IterateConfig:
             raise CoraError(f"retriever_tower must be 'shared' or 'query', got {self.retriever_tower!r}")
         if self.query_adapter_scope not in (None, "all", "cross-lingual"):
             raise CoraError(f"query_adapter_scope must be 'all' or 'cross-lingual', got {self.query_adapter_scope!r}")
+        if self.dev_recall not in ("group", "answer"):
+            raise CoraError(f"dev_recall must be 'group' or 'answer', got {self.dev_recall!r}")
         if not 0 <= self.reader_positives <= self.reader_k:
             raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
 
@@ -128,65 +151,6 @@ def _config_defaults() -> dict:
             out[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()
-    return out
-
-
-# ------------------------------------------------------------------------------------ pure mining rules
-def answers_for(q: Question, lang: str) -> list[str]:
-    """The gold answers a passage in ``lang`` can be checked against: the question's own, plus the known
-    answers in that language (parallel sets)."""
-    return list(dict.fromkeys([*q.answers, *q.answers_by_lang.get(lang, [])]))
-
-
-def contains_answer(text: str, answers: Sequence[str]) -> bool:
-    low = text.casefold()
-    return any(a.strip() and a.strip().casefold() in low for a in answers)
-
-
-def is_correct(prediction: str, answers: Sequence[str], lang: str) -> bool:
-    """Exact match after the 'fixed' XOR normalisation (language-aware tokenisation)."""
-    from cora.evaluation.xor import score_one
-
-    answers = [a for a in answers if a.strip()]
-    return bool(prediction.strip() and answers) and score_one(prediction, answers, lang, "fixed")[1] == 1.0
-
-
-@dataclass(frozen=True)
-class Label:
-    row: int
-    lang: str
-    prediction: str
-    correct: bool
-    contains: bool
-
-
-def cora_rule(labels: Sequence[Label]) -> tuple[list[int], list[int], bool]:
-    """CORA's labelling rule -> (positives, hard negatives, whether the positives are fallbacks)."""
-    reader_pos = [lb.row for lb in labels if lb.correct]
-    fallback = [lb.row for lb in labels if not lb.correct and lb.contains]
-    negatives = [lb.row for lb in labels if not lb.correct and not lb.contains]
-    return (reader_pos or fallback), negatives, not reader_pos and bool(fallback)
-
-
-def expand_by_groups(q: Question, positives: Sequence[int], datastore: Datastore,
-                     confirm: Callable[[Passage], bool]) -> dict[int, str]:
-    """Language-linked versions of the positives that are positives too: row -> how it was accepted
-    ('answer': holds the gold answer of its language; 'reader': the reader answers correctly from it)."""
-    known = set(positives)
-    out: dict[int, str] = {}
-    for row in positives:
-        source = datastore[row]
-        for sib in datastore.group_rows(source.group):
-            if sib in known or sib in out:
-                continue
-            p = datastore[sib]
-            if p.lang == source.lang:
-                continue
-            in_lang = q.answers if p.lang == q.lang else q.answers_by_lang.get(p.lang, [])
-            if in_lang and contains_answer(p.text, in_lang):
-                out[sib] = "answer"
-            elif confirm(p):
-                out[sib] = "reader"
     return out
 
 
@@ -204,9 +168,9 @@ class Loop:
                 raise CoraError(f"{path}: question {missing[0]!r} has no 'lang' (needed to score it)")
         if not self.train_q:
             raise CoraError(f"{cfg.train_questions}: no training questions")
-        if any(q.gold_group is None for q in self.dev_q):
+        if cfg.dev_recall == "group" and any(q.gold_group is None for q in self.dev_q):
             raise CoraError(f"{cfg.dev_questions}: every dev question needs a 'gold_group' (recall is measured "
-                            "on it)")
+                            "on it; or set dev_recall 'answer')")
         self.eval_stores = ({"main": self.datastore} if cfg.evaluate_main else {}) | {
             n: Datastore(p) for n, p in cfg.eval_datastores.items()}
         if not self.eval_stores:
@@ -266,14 +230,19 @@ class Loop:
             else:
                 build_index(datastore, encoder, tmp, name, factory=self.cfg.index_factory)
 
-    def _search(self, k: int, questions: Sequence[Question], depth: int, store: str = "main") -> list[list[int]]:
+    def _index_dir(self, k: int, store: str = "main") -> Path:
+        return self.out / f"round_{k}" / ("index" if store == "main" else f"eval_index_{store}")
+
+    def _retriever(self, k: int, store: str = "main"):
         from cora.index import DenseIndex
         from cora.retriever import Retriever
 
-        folder = self.out / f"round_{k}" / ("index" if store == "main" else f"eval_index_{store}")
         datastore = self.datastore if store == "main" else self.eval_stores[store]
-        retriever = Retriever(self._encoder(k), DenseIndex.load(folder), datastore)
-        hits = retriever.search_batch([q.question for q in questions], k=depth, langs=[q.lang for q in questions])
+        return Retriever(self._encoder(k), DenseIndex.load(self._index_dir(k, store)), datastore)
+
+    def _search(self, k: int, questions: Sequence[Question], depth: int, store: str = "main") -> list[list[int]]:
+        hits = self._retriever(k, store).search_batch([q.question for q in questions], k=depth,
+                                                      langs=[q.lang for q in questions])
         return [[h.row for h in hs] for hs in hits]
 
     # --- the run
@@ -297,11 +266,11 @@ class Loop:
         return self.summarise()
 
     def _mine_and_train(self, k: int, folder: Path) -> None:
-        self._step(folder, "retrieved.json", lambda t: atomic_write_json(
-            t, dict(zip([q.id for q in self.train_q], self._search(k - 1, self.train_q, self.cfg.retrieve_k),
-                        strict=True))))
+        self._step(folder, "retrieved.json", lambda t: Retrieved(dict(zip(
+            [q.id for q in self.train_q], self._search(k - 1, self.train_q, self.cfg.retrieve_k), strict=True))
+        ).save(t))
         self._step(folder, "labels.jsonl", lambda t: self.label(k, folder, t))
-        self._step(folder, "mined.json", lambda t: atomic_write_json(t, self.mine(k, folder)))
+        self._step(folder, "mined.json", lambda t: self.mine(k, folder).save(t))
         self._step(folder, "retriever", lambda t: self.train_retriever(k, folder, t))
         self._step(folder, "index", lambda t: self._index(self._encoder(k), self.datastore, t, self.retriever_dir(k)))
         self._step(folder, "reader_data.jsonl", lambda t: self.reader_data(k, t))
@@ -309,67 +278,23 @@ class Loop:
 
     # --- steps
     def label(self, k: int, folder: Path, target: Path) -> None:
-        from tqdm import tqdm
+        """Round k's reader labels (cora.mining.label_questions) of the passages round k-1 retrieved."""
+        retrieved = Retrieved.load(folder / "retrieved.json")
+        save_labels(target, label_questions(self._reader(k - 1), self.train_q, retrieved, self.datastore,
+                                            self.cfg.label_depth))
 
+    def mine(self, k: int, folder: Path) -> Mined:
+        """Round k's positives and hard negatives (cora.mining.mine), on top of round k-1's."""
         reader = self._reader(k - 1)
-        retrieved = json.loads((folder / "retrieved.json").read_text(encoding="utf-8"))
-        lines = []
-        for q in tqdm(self.train_q, desc=f"round {k}: reader labels", unit="question"):
-            labels = []
-            for row in retrieved[q.id][: self.cfg.label_depth]:
-                p = self.datastore[row]
-                gold = answers_for(q, p.lang)
-                pred = reader.read(q.question, [p], q.lang).text if p.text.strip() else ""
-                labels.append(dataclasses.asdict(Label(row, p.lang, pred, is_correct(pred, gold, p.lang),
-                                                       contains_answer(p.text, gold))))
-            lines.append(json.dumps({"id": q.id, "labels": labels}, ensure_ascii=False) + "\n")
-        atomic_write_text(target, "".join(lines))
 
-    def mine(self, k: int, folder: Path) -> dict:
-        reader = self._reader(k - 1)
-        labels = {}
-        for line in (folder / "labels.jsonl").read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            labels[rec["id"]] = [Label(**lb) for lb in rec["labels"]]
-        previous: dict[str, dict] = {}
-        if k > 1:
-            prev = json.loads((self.out / f"round_{k - 1}" / "mined.json").read_text(encoding="utf-8"))
-            previous = prev["questions"]
-        questions, counts = {}, Counter()
-        new_pairs: Counter = Counter()
-        for q in self.train_q:
-            positives, negatives, fallback = cora_rule(labels[q.id])
-            counts["reader_positive_questions" if positives and not fallback else
-                   "fallback_questions" if fallback else "no_positive_questions"] += 1
-            sources = {r: ("fallback" if fallback else "reader") for r in positives}
-            if q.gold_passage is not None:
-                try:
-                    gold = self.datastore.row_of(q.gold_passage)
-                    sources = {gold: "gold"} | {r: s for r, s in sources.items() if r != gold}
-                except KeyError:
-                    counts["gold_not_in_datastore"] += 1
+        def confirm(q: Question, p: Passage) -> bool:
+            return is_correct(reader.read(q.question, [p], q.lang).text, answers_for(q, p.lang), p.lang)
 
-            def confirm(p: Passage, q: Question = q) -> bool:
-                pred = reader.read(q.question, [p], q.lang).text
-                return is_correct(pred, answers_for(q, p.lang), p.lang)
+        previous = Mined.load(self.out / f"round_{k - 1}" / "mined.json") if k > 1 else None
+        return mine(k, self.train_q, load_labels(folder / "labels.jsonl"), self.datastore, confirm,
+                    self.cfg.hard_negatives, previous)
 
-            expanded = expand_by_groups(q, list(sources), self.datastore, confirm)
-            for row, how in expanded.items():
-                sources.setdefault(row, f"expand-{how}")
-            old = {int(r): s for r, s in previous.get(q.id, {}).get("positives", {}).items()}
-            for row, how in sources.items():
-                counts[f"positives_{how}"] += 1
-                if row not in old and self.datastore[row].lang != q.lang:
-                    new_pairs[f"{q.lang}->{self.datastore[row].lang}"] += 1
-            merged = old | sources
-            merged_negatives = [r for r in negatives if r not in merged][: self.cfg.hard_negatives]
-            counts["hard_negatives"] += len(merged_negatives)
-            questions[q.id] = {"positives": {str(r): s for r, s in merged.items()}, "hard_negatives": merged_negatives}
-        return {"round": k, "counts": dict(sorted(counts.items())),
-                "new_cross_lingual_positives": dict(sorted(new_pairs.items())),
-                "new_cross_lingual_total": sum(new_pairs.values()), "questions": questions}
-
-    def _dpr_examples(self, mined: dict) -> list:
+    def _dpr_examples(self, mined: Mined) -> list:
         from cora.retriever_training import Ctx, DPRExample
 
         def ctx(row: int) -> Ctx:
@@ -378,22 +303,20 @@ class Loop:
 
         out = []
         for q in self.train_q:
-            rec = mined["questions"][q.id]
-            rows = [int(r) for r in rec["positives"]]
-            if not rows:
+            rec = mined.questions[q.id]
+            if not rec.positives:
                 continue
             # The question's own-language positive first: the trainer uses it as the "native" positive.
-            rows.sort(key=lambda r: (rec["positives"][str(r)] != "gold", self.datastore[r].lang != q.lang))
-            out.append(DPRExample(q.question, list(q.answers), q.lang, [ctx(r) for r in rows], [],
-                                  [ctx(r) for r in rec["hard_negatives"]]))
+            out.append(DPRExample(q.question, list(q.answers), q.lang,
+                                  [ctx(r) for r in rec.positive_rows(self.datastore, q.lang)], [],
+                                  [ctx(r) for r in rec.hard_negatives]))
         return out
 
     def train_retriever(self, k: int, folder: Path, target: Path) -> None:
         from cora.retriever_training import RetrieverTask
         from cora.training import TrainConfig, train
 
-        mined = json.loads((folder / "mined.json").read_text(encoding="utf-8"))
-        examples = self._dpr_examples(mined)
+        examples = self._dpr_examples(Mined.load(folder / "mined.json"))
         tcfg = config_from_dict(TrainConfig, {"seed": self.cfg.seed, **self.cfg.retriever_train,
                                               "output_dir": str(folder / "retriever_run")}, "retriever_train")
         if len(examples) < tcfg.batch_size:
@@ -425,11 +348,13 @@ class Loop:
         lines, dropped = [], 0
         for q, rows in zip(self.train_q, ranked, strict=True):
             passages = self.datastore.rows(rows)
-            answers = list(dict.fromkeys([*q.answers, *(a for v in q.answers_by_lang.values() for a in v)]))
+            answers = reader_answers(q)
             context = training_passages(passages, answers, rng, self.cfg.reader_k, self.cfg.reader_positives)
-            if not any(a and a in p.text for p in context for a in answers):
+            if not any(contains_answer(p.text, answers) for p in context):
                 dropped += 1  # nothing to point at (extractive) or to ground the answer (seq2seq)
                 continue
+            # The span reader is trained on answers as the passages write them ('Africa' for the gold 'africa').
+            answers += [a for p in context for a in answer_occurrences(p.text, answers) if a not in answers]
             lines.append(json.dumps({"id": q.id, "question": q.question, "lang": q.lang, "answers": answers,
                                      "answer": q.answers[0], "passages": [p.id for p in context]},
                                     ensure_ascii=False) + "\n")
@@ -454,43 +379,88 @@ class Loop:
                                               "output_dir": str(folder / "reader_run")}, "reader_train")
         if len(examples) < tcfg.batch_size:
             raise CoraError(f"round {k}: {len(examples)} reader examples, fewer than one batch of {tcfg.batch_size}")
+        saved_layers = None
         if reader.config.backend == "extractive":
+            if self.cfg.reader_trainable_layers is not None:
+                from cora.reader.extractive import _layers, freeze_below
+
+                saved_layers = reader.config.trainable_layers
+                if saved_layers is None:
+                    saved_layers = len(_layers(reader.model))
+                freeze_below(reader.model, self.cfg.reader_trainable_layers)
             task = ReaderTask(reader, examples, tcfg.batch_size, negative_rate=0.0)
         else:
             task = Seq2SeqTask(reader, examples, tcfg.batch_size)
         train(task, tcfg)
+        if saved_layers is not None:
+            # Saving writes the weights that require grad: every layer the reader held, not only those trained now.
+            from cora.reader.extractive import freeze_below
+
+            freeze_below(reader.model, saved_layers)
         with atomic_dir(target) as tmp:
             reader.save_pretrained(tmp)
 
     def evaluate(self, k: int) -> dict:
+        """Dev metrics of round k on every evaluated datastore, through the pipeline (retrieve -> read the top
+        eval_k -> project through language links): recall at recall_ks, F1/EM of the (projected) answer against
+        the question-language answers, and, for questions with answers in other languages, F1/EM of the answer
+        before projection against the answers in its source passage's language ("qa_source")."""
         from tqdm import tqdm
 
-        from cora.evaluation.retrieval import RankedResult, recall_at_k
+        from cora.evaluation.report import f1_em_table
+        from cora.evaluation.retrieval import RankedResult, answer_recall_at_k, recall_at_k
         from cora.evaluation.xor import score_one
-        from cora.reader.projection import project_answer
+        from cora.pipeline import Pipeline, PipelineConfig
 
         reader = self._reader(k)
         depth = max([*self.cfg.recall_ks, self.cfg.eval_k])
+        read_ids = self._read_ids()
         out: dict = {"round": k, "retriever": self.retriever_dir(k), "reader": self.reader_dir(k), "datastores": {}}
-        for name, store in self.eval_stores.items():
-            ranked = self._search(k, self.dev_q, depth, name)
-            results, per_lang = [], {}
-            for q, rows in tqdm(list(zip(self.dev_q, ranked, strict=True)), desc=f"round {k}: dev ({name})",
-                                unit="question"):
-                passages = store.rows(rows)
-                results.append(RankedResult(q.lang, [p.group for p in passages], frozenset({q.gold_group})))
-                answer = reader.read(q.question, passages[: self.cfg.eval_k], q.lang)
-                answer = project_answer(reader, q.question, answer, store)
-                f1, em, _ = score_one(answer.text, q.answers, q.lang, "fixed")
-                per_lang.setdefault(q.lang, []).append((f1, em))
-            qa = {lang: {"F1": 100 * sum(f for f, _ in v) / len(v), "EM": 100 * sum(e for _, e in v) / len(v),
-                         "n": len(v)} for lang, v in sorted(per_lang.items())}
-            qa["macro"] = {m: sum(t[m] for t in qa.values()) / len(qa) for m in ("F1", "EM")}
-            out["datastores"][name] = {"recall": recall_at_k(results, self.cfg.recall_ks), "qa": qa}
+        for name in self.eval_stores:
+            pipe = Pipeline(self._retriever(k, name), reader,
+                            PipelineConfig(str(self._index_dir(k, name)), self.reader_dir(k), k=self.cfg.eval_k,
+                                           max_k=depth))
+            ranked, per_lang, per_source = [], {}, {}
+            hits = pipe.retriever.search_batch([q.question for q in self.dev_q], k=depth,
+                                               langs=[q.lang for q in self.dev_q])
+            for q, hs in zip(self.dev_q, hits, strict=True):
+                ranked.append(RankedResult(q.lang, [h.group for h in hs], frozenset({q.gold_group}),
+                                           [h.text for h in hs], reader_answers(q)))
+            to_read = [q for q in self.dev_q if q.id in read_ids]
+            chunk = 32
+            for i in tqdm(range(0, len(to_read), chunk), desc=f"round {k}: dev ({name})", unit="batch"):
+                part = to_read[i : i + chunk]
+                results = pipe.answer_batch([q.question for q in part], [q.lang for q in part], details=True)
+                for q, res in zip(part, results, strict=True):
+                    f1, em, _ = score_one(res.answer.text, q.answers, q.lang, "fixed")
+                    per_lang.setdefault(q.lang, []).append((f1, em))
+                    src = res.read.evidence[0].lang if res.read.evidence else q.lang
+                    gold = q.answers if src == q.lang else q.answers_by_lang.get(src, [])
+                    if q.answers_by_lang and gold:
+                        f1, em, _ = score_one(res.read.text, gold, src, "fixed")
+                        per_source.setdefault(q.lang, []).append((f1, em))
+            if self.cfg.dev_recall == "answer":
+                recall = answer_recall_at_k(ranked, self.cfg.recall_ks, match=contains_answer)
+                recall = {lang: {key.removeprefix("A"): v for key, v in r.items()} for lang, r in recall.items()}
+            else:
+                recall = recall_at_k(ranked, self.cfg.recall_ks)
+            out["datastores"][name] = {"recall": recall, "qa": f1_em_table(per_lang)}
+            if per_source:
+                out["datastores"][name]["qa_source"] = f1_em_table(per_source)
         if k > 0:
-            mined = json.loads((self.out / f"round_{k}" / "mined.json").read_text(encoding="utf-8"))
-            out["mining"] = {key: mined[key] for key in ("counts", "new_cross_lingual_positives",
-                                                         "new_cross_lingual_total")}
+            out["mining"] = Mined.load(self.out / f"round_{k}" / "mined.json").summary()
+        return out
+
+    def _read_ids(self) -> set[str]:
+        """The dev questions read for F1/EM: all, or the first eval_qa_per_lang of each language."""
+        if self.cfg.eval_qa_per_lang is None:
+            return {q.id for q in self.dev_q}
+        seen: dict[str, int] = {}
+        out = set()
+        for q in self.dev_q:
+            if seen.get(q.lang, 0) < self.cfg.eval_qa_per_lang:
+                seen[q.lang] = seen.get(q.lang, 0) + 1
+                out.add(q.id)
         return out
 
     # --- summary
@@ -501,7 +471,7 @@ class Loop:
         atomic_write_text(self.out / "summary.md", md)
         atomic_write_json(self.out / "summary.json", metrics)
         plot_rounds(metrics, self.out / "summary.png")
-        print(md)
+        logger.info("\n%s", md)
         return {"rounds": len(metrics), "summary": str(self.out / "summary.md")}
 
 
@@ -512,15 +482,18 @@ def summary_markdown(metrics: Sequence[dict], recall_ks: Sequence[int]) -> str:
     kmax = max(recall_ks)
     for store in metrics[0]["datastores"]:
         langs = [lang for lang in metrics[0]["datastores"][store]["qa"] if lang != "macro"]
+        source = all("qa_source" in m["datastores"][store] for m in metrics)  # F1 in the evidence's language
         lines += [f"### {store} datastore", "",
                   "| round | " + " | ".join(f"R@{k}" for k in recall_ks) + " | F1 | EM | "
+                  + ("F1 (source language) | " if source else "")
                   + " | ".join(f"{lang} F1 / R@{kmax}" for lang in langs) + " |",
-                  "|---" * (len(recall_ks) + 3 + len(langs)) + "|"]
+                  "|---" * (len(recall_ks) + 3 + source + len(langs)) + "|"]
         for m in metrics:
             d = m["datastores"][store]
             rec, qa = d["recall"], d["qa"]
             cells = [f"{100 * rec['macro'][f'R@{k}']:.1f}" for k in recall_ks]
             cells += [f"{qa['macro']['F1']:.1f}", f"{qa['macro']['EM']:.1f}"]
+            cells += [f"{d['qa_source']['macro']['F1']:.1f}"] if source else []
             cells += [f"{qa[lang]['F1']:.1f} / {100 * rec[lang][f'R@{kmax}']:.0f}" for lang in langs]
             lines.append(f"| {m['round']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -566,5 +539,4 @@ def plot_rounds(metrics: Sequence[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-__all__ = ["IterateConfig", "Loop", "Label", "cora_rule", "expand_by_groups", "answers_for", "contains_answer",
-           "is_correct", "summary_markdown", "plot_rounds"]
+__all__ = ["IterateConfig", "Loop", "summary_markdown", "plot_rounds"]

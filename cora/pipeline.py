@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cora.config import load_config, save_config
+from cora.datastore import Datastore, Passage
 from cora.errors import CoraError
 from cora.languages import check_language, detect_language
 from cora.models import SHIPPED_ENCODERS
 from cora.questions import check_question
 from cora.reader.base import DEFAULT_READER, SHIPPED_READERS, Answer, Reader, load_reader
 from cora.reader.projection import project_answer
-from cora.retriever import Retriever
+from cora.retriever import Retriever, SearchHit
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +57,27 @@ def check_pipeline_parts(index: str | os.PathLike, reader: str | os.PathLike) ->
                         f"or a shipped reader name ({', '.join(SHIPPED_READERS)})")
 
 
+@dataclass
+class PipelineResult:
+    """One question through the pipeline, with every stage's output (as FlashRAG records ``retrieval_result`` and
+    ``pred`` on each item): a loop or a benchmark that needs the hits or the answer before projection reads them
+    here instead of rebuilding retrieve -> read -> project."""
+
+    question: str
+    lang: str
+    hits: list[SearchHit]  # best first; may reach deeper than the passages read (``search_k``)
+    passages: list[Passage]  # the top ``k`` hits' passages, the reader's input
+    read: Answer  # the reader's answer, before projection
+    answer: Answer  # the pipeline's answer: ``read`` projected through language links when that is on and fires
+
+
 class Pipeline:
-    def __init__(self, retriever: Retriever, reader: Reader, config: PipelineConfig):
+    def __init__(self, retriever: Retriever, reader: Reader, config: PipelineConfig, links: Datastore | None = None):
+        """``links``: the datastore whose language links (groups) projection follows; default the retriever's.
+        A different one serves a datastore that lacks the question's language but whose passages have versions
+        elsewhere (Wikipedia's language links exist even when retrieval is English-only)."""
         self.retriever, self.reader, self.config = retriever, reader, config
+        self.links = links
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, device: str | None = None,
@@ -103,11 +122,18 @@ class Pipeline:
         return self.answer_batch([question], [lang], k)[0]
 
     def answer_batch(
-        self, questions: Sequence[str], langs: Sequence[str | None] | None = None, k: int | None = None
-    ) -> list[Answer]:
+        self, questions: Sequence[str], langs: Sequence[str | None] | None = None, k: int | None = None, *,
+        search_k: int | None = None, details: bool = False,
+    ) -> list[Answer] | list[PipelineResult]:
+        """Answers to ``questions`` read from their top ``k`` passages. With ``details`` each item is a
+        :class:`PipelineResult` (hits, passages read, answer before and after projection) instead, and
+        ``search_k`` (>= k) retrieves deeper than the reader reads, for recall at larger cut-offs."""
         k = self.config.k if k is None else int(k)
         if not 1 <= k <= self.config.max_k:
             raise CoraError(f"k must be between 1 and {self.config.max_k}, got {k}")
+        depth = k if search_k is None else int(search_k)
+        if depth < k:
+            raise CoraError(f"search_k ({depth}) cannot be below k ({k})")
         langs = list(langs) if langs is not None else [None] * len(questions)
         if len(langs) != len(questions):
             raise CoraError(f"{len(questions)} questions but {len(langs)} languages")
@@ -116,14 +142,21 @@ class Pipeline:
                 raise CoraError(problem)
         langs = [check_language(lang) if lang else detect_language(q) for q, lang in zip(questions, langs,
                                                                                           strict=True)]
-        hits = self.retriever.search_batch(list(questions), k=k, langs=langs)
+        hits = self.retriever.search_batch(list(questions), k=depth, langs=langs)
         datastore = self.retriever.datastore
-        passages = [datastore.rows([h.row for h in hs]) for hs in hits]
+        passages = [datastore.rows([h.row for h in hs[:k]]) for hs in hits]
         if hasattr(self.reader, "read_batch"):  # all questions' passages read together, sorted by length
-            answers = self.reader.read_batch(list(questions), passages, langs)
+            read = self.reader.read_batch(list(questions), passages, langs)
         else:
-            answers = [self.reader.read(q, ps, lang) for q, ps, lang in zip(questions, passages, langs, strict=True)]
-        if self.config.projection:
-            answers = [project_answer(self.reader, q, a, datastore, self.config.projection_method)
-                       for q, a in zip(questions, answers, strict=True)]
-        return answers
+            read = [self.reader.read(q, ps, lang) for q, ps, lang in zip(questions, passages, langs, strict=True)]
+        answers = [self.project(q, a) for q, a in zip(questions, read, strict=True)] if self.config.projection \
+            else read
+        if not details:
+            return answers
+        return [PipelineResult(*item) for item in zip(questions, langs, hits, passages, read, answers, strict=True)]
+
+    def project(self, question: str, answer: Answer, method: str | None = None) -> Answer:
+        """``answer`` moved into the question-language version of its source passage, when the links hold one
+        (``method``: 'reread' or 'align'; default the config's)."""
+        links = self.links if self.links is not None else self.retriever.datastore
+        return project_answer(self.reader, question, answer, links, method or self.config.projection_method)

@@ -126,7 +126,9 @@ def main(argv=None) -> int:
                       "eval_every": 10**6, "save_every": 10},
         seed=args.seed)
     atomic_write_json(out / "iterate_config.json", {"type": "IterateConfig", **cfg.__dict__})
-    print(json.dumps(Loop(cfg).run(), indent=2))
+    result = Loop(cfg).run()
+    print(Path(result["summary"]).read_text(encoding="utf-8"))
+    print(json.dumps(result, indent=2))
     print(f"equivalent: cora iterate --config {out / 'iterate_config.json'}")
     return 0
 

@@ -23,14 +23,14 @@ import argparse
 import json
 import logging
 import random
-import statistics
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from cora.datastore import Datastore
-from cora.evaluation.report import format_table
+from cora.evaluation.report import f1_em_table, format_table
 from cora.evaluation.xor import score_one
+from cora.pipeline import Pipeline, PipelineConfig
 from cora.reader import Seq2SeqGenerator, load_reader, training_passages
 from cora.reader.data import XQUAD_DEV_ARTICLES, XQUAD_TRAIN_ARTICLES, ReaderExample
 from cora.reader.training import XQUAD_LANGS, Seq2SeqTask
@@ -111,16 +111,15 @@ def main(argv=None) -> int:
     dev = xquad_questions(xquad, XQUAD_DEV_ARTICLES, args.dev_per_lang, random.Random(1))
     results = {"model": args.model, "k": args.k, "train_examples": len(examples)}
     for name, retriever in retrievers.items():
-        store = stores[name]
-        hits = retriever.search_batch([q for q, *_ in dev], k=args.k, langs=[lang for _, lang, *_ in dev])
+        # mGEN writes the answer in the question's language itself: no projection.
+        pipe = Pipeline(retriever, reader, PipelineConfig(str(retrieval / f"index-{name}"), str(out / "reader"),
+                                                          k=args.k, projection=False))
+        answers_read = pipe.answer_batch([q for q, *_ in dev], [lang for _, lang, *_ in dev])
         per: dict[str, list[tuple[float, float]]] = {}
-        for (question, lang, answers, _), hs in zip(dev, hits, strict=True):
-            pred = reader.read(question, store.rows([h.row for h in hs]), lang).text
-            f1, em, _ = score_one(pred, answers, lang, "fixed")
+        for (_, lang, answers, _), pred in zip(dev, answers_read, strict=True):
+            f1, em, _ = score_one(pred.text, answers, lang, "fixed")
             per.setdefault(lang, []).append((f1, em))
-        table = {lang: {"F1": 100 * statistics.fmean(f for f, _ in v), "EM": 100 * statistics.fmean(e for _, e in v)}
-                 for lang, v in sorted(per.items())}
-        table["macro"] = {m: statistics.fmean(t[m] for t in table.values()) for m in ("F1", "EM")}
+        table = f1_em_table(per, counts=False)
         results[name] = table
         print(f"\n{name} datastore, top {args.k}\n" + format_table(table, ["F1", "EM"]))
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")

@@ -28,23 +28,15 @@ import time
 from pathlib import Path
 
 from cora.datastore import Datastore
-from cora.evaluation.report import format_table
+from cora.evaluation.report import f1_em_table, format_table
 from cora.evaluation.xor import score_one
 from cora.pipeline import Pipeline, PipelineConfig
-from cora.reader import load_reader, project_answer
+from cora.reader import load_reader
 from cora.reader.training import XQUAD_LANGS, score_gold_paragraph, xquad_dev_examples
 from cora.retriever import Retriever
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xquad_retrieval  # noqa: E402  (builds the datastores and indexes when missing)
-
-
-def table(scores: dict[str, list[float]], langs) -> dict[str, dict[str, float]]:
-    """{lang: [(f1, em), ...]} -> per-language and macro F1 / EM in percent."""
-    out = {lang: {"F1": 100 * statistics.fmean(f for f, _ in scores[lang]),
-                  "EM": 100 * statistics.fmean(e for _, e in scores[lang])} for lang in langs if scores.get(lang)}
-    out["macro"] = {m: statistics.fmean(out[lang][m] for lang in langs if lang in out) for m in ("F1", "EM")}
-    return out
 
 
 def main(argv=None) -> int:
@@ -107,21 +99,25 @@ def run_open(args, reader, dev, results) -> None:
     runs = [(s, d, r, tuple(m for m in ms if not args.methods or m in args.methods)) for s, d, r, ms in runs]
     for setting, ds, retriever, methods in runs:
         t0 = time.time()
-        hits = retriever.search_batch([ex.question for ex in dev], k=args.k, langs=[ex.question_lang for ex in dev])
+        # The pipeline without projection gives the answer as read; each method then projects that same answer
+        # through the all-languages datastore's links.
+        pipe = Pipeline(retriever, reader, PipelineConfig(str(retrieval / f"index-{setting.split(',')[0]}"),
+                                                          args.reader, k=args.k, projection=False), links=linked)
+        results = pipe.answer_batch([ex.question for ex in dev], [ex.question_lang for ex in dev], details=True)
         variants = {"no projection": {}} | {f"projection: {m}": {} for m in methods}
         fired = {m: [] for m in methods}  # (f1 before, f1 after) where projection fired
-        for ex, hs in zip(dev, hits, strict=True):
-            base = reader.read(ex.question, ds.rows([h.row for h in hs]), ex.question_lang)
+        for ex, res in zip(dev, results, strict=True):
+            base = res.read
             f1, em, _ = score_one(base.text, ex.answers, ex.answer_lang, "fixed")
             variants["no projection"].setdefault(ex.answer_lang, []).append((f1, em))
             for method in methods:
-                proj = project_answer(reader, ex.question, base, linked, method)
+                proj = pipe.project(ex.question, base, method)
                 pf1, pem, _ = score_one(proj.text, ex.answers, ex.answer_lang, "fixed")
                 variants[f"projection: {method}"].setdefault(ex.answer_lang, []).append((pf1, pem))
                 if proj.projected:
                     fired[method].append((f1, pf1))
         elapsed = time.time() - t0
-        rows = {name: table(v, XQUAD_LANGS) for name, v in variants.items()}
+        rows = {name: f1_em_table(v, XQUAD_LANGS, counts=False) for name, v in variants.items()}
         fire = {m: {"fired": len(v), "rate": len(v) / len(dev),
                     "F1 before": 100 * statistics.fmean(b for b, _ in v) if v else None,
                     "F1 after": 100 * statistics.fmean(a for _, a in v) if v else None} for m, v in fired.items()}

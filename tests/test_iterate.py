@@ -9,7 +9,8 @@ import torch
 
 from cora.datastore import Datastore, read_jsonl
 from cora.errors import CoraError
-from cora.iterate import IterateConfig, Label, Loop, cora_rule, expand_by_groups, is_correct
+from cora.iterate import IterateConfig, Loop
+from cora.mining import Label, cora_rule, expand_by_groups, is_correct
 from cora.questions import Question
 from tests.conftest import CORPUS
 
@@ -265,3 +266,39 @@ def test_a_folder_from_before_a_new_option_resumes_but_a_changed_option_is_refus
     Loop(cfg).run()
     with pytest.raises(CoraError, match="query_adapter_scope"):
         Loop(IterateConfig(**{**loop_config, "rounds": 0, "query_adapter_scope": "all"})).run()
+
+
+def test_answer_recall_dev_set_without_gold_passages_and_top_layer_reader_rounds(loop_config, tmp_path):
+    from cora.evaluation.text import contains_answer
+    from cora.mining import reader_answers
+    from cora.reader.base import load_reader
+    from cora.reader.extractive import _layers
+
+    dev = [Question("moon/en", "what does the moon orbit", "en", ["the Earth"]),
+           Question("tea/de", "woraus ist tee", "de", ["Blättern"]),
+           Question("nile/de", "wo ist der nil", "de", ["Afrika"])]
+    cfg = IterateConfig(**{**loop_config, "rounds": 1, "eval_datastores": {}, "dev_recall": "answer",
+                           "dev_questions": str(_write(tmp_path / "dev-nogold.jsonl", dev)),
+                           "eval_qa_per_lang": 1, "reader_trainable_layers": 1})
+    loop = Loop(cfg)
+    loop.run()
+    run = tmp_path / "run"
+    for k in (0, 1):
+        m = json.loads((run / f"round_{k}" / "metrics.json").read_text())["datastores"]["main"]
+        ranked = loop._search(k, loop.dev_q, 3)
+        for lang in ("en", "de"):
+            qs = [(q, rows) for q, rows in zip(loop.dev_q, ranked, strict=True) if q.lang == lang]
+            for cut in (1, 3):
+                hit = [any(contains_answer(loop.datastore[r].text, reader_answers(q)) for r in rows[:cut])
+                       for q, rows in qs]
+                assert m["recall"][lang][f"R@{cut}"] == sum(hit) / len(hit)
+        assert m["qa"]["de"]["n"] == 1 and m["qa"]["en"]["n"] == 1  # one question per language read
+    # Only the top layer (and the head) moved; the saved reader still holds every layer.
+    before, after = (load_reader(d, device="cpu").model for d in (cfg.reader, run / "round_1" / "reader"))
+    lb, la = _layers(before), _layers(after)
+    for i in range(len(lb) - 1):
+        for (name, p0), p1 in zip(lb[i].named_parameters(), la[i].parameters(), strict=True):
+            assert torch.equal(p0, p1), name
+    assert any(not torch.equal(p0, p1) for p0, p1 in zip(lb[-1].parameters(), la[-1].parameters(), strict=True))
+    with pytest.raises(CoraError, match="dev_recall"):
+        IterateConfig(**{**loop_config, "dev_recall": "passage"})

@@ -61,5 +61,7 @@ def _run(args) -> int:
     if missing:
         raise CoraError(f"{path}: missing required field(s) {missing}")
     cfg = config_from_dict(IterateConfig, raw, source=str(path))
-    print(json.dumps(Loop(cfg).run(), indent=2))
+    result = Loop(cfg).run()
+    print(Path(result["summary"]).read_text(encoding="utf-8"))
+    print(json.dumps(result, indent=2))
     return 0

@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+
+def f1_em_table(scores: Mapping[str, Sequence[tuple[float, float]]], langs: Iterable[str] | None = None,
+                counts: bool = True) -> dict[str, dict[str, float]]:
+    """{lang: [(f1, em), ...] in [0, 1]} -> {lang: {"F1", "EM" in %, "n"}, ..., "macro": {"F1", "EM"}}.
+
+    Languages in ``langs`` order (default: sorted), those without scores left out; the macro row is the mean over
+    the languages shown. ``counts=False`` leaves out "n"."""
+    order = [lang for lang in (langs if langs is not None else sorted(scores)) if scores.get(lang)]
+    table: dict[str, dict[str, float]] = {}
+    for lang in order:
+        v = scores[lang]
+        table[lang] = {"F1": 100 * sum(f for f, _ in v) / len(v), "EM": 100 * sum(e for _, e in v) / len(v)}
+        if counts:
+            table[lang]["n"] = len(v)
+    if table:
+        table["macro"] = {m: sum(table[lang][m] for lang in order) / len(order) for m in ("F1", "EM")}
+    return table
 
 
 def format_table(table: dict[str, dict[str, float]], metrics: list[str] | None = None, digits: int = 1) -> str:

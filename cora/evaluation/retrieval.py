@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -28,11 +28,17 @@ def recall_at_k(results: Sequence[RankedResult], ks: Sequence[int]) -> dict[str,
                                              for k in ks})
 
 
-def answer_recall_at_k(results: Sequence[RankedResult], ks: Sequence[int]) -> dict[str, dict[str, float]]:
-    """Recall@k of answer-containing passages (an answer string occurs in one of the top k texts)."""
+def answer_recall_at_k(results: Sequence[RankedResult], ks: Sequence[int],
+                       match: Callable[[str, Sequence[str]], bool] | None = None) -> dict[str, dict[str, float]]:
+    """Recall@k of answer-containing passages (an answer string occurs in one of the top k texts). ``match(text,
+    answers)`` decides what "occurs" means: default the answer as written (XOR-Retrieve's rule);
+    :func:`cora.evaluation.text.contains_answer` compares them normalised (case, punctuation)."""
+    if match is None:
+        def match(t: str, answers: Sequence[str]) -> bool:
+            return any(a and a in t for a in answers)
 
     def one(r: RankedResult) -> dict[str, float]:
-        first = next((i for i, t in enumerate(r.ranked_texts, 1) if any(a and a in t for a in r.answers)), None)
+        first = next((i for i, t in enumerate(r.ranked_texts, 1) if match(t, r.answers)), None)
         return {f"AR@{k}": _hit(first, k) for k in ks}
 
     return _per_language(results, one)

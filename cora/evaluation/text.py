@@ -115,3 +115,58 @@ _COUNTER_AFTER_DIGIT = re.compile(r"(?<=\d)\s*[年歳人년]")
 def strip_counters_after_digits(text: str) -> str:
     """'1867年' -> '1867', '30歳' -> '30', '2010년' -> '2010', but '日本人' stays (fixed mode)."""
     return _COUNTER_AFTER_DIGIT.sub("", text)
+
+
+# ------------------------------------------------------------------------------------ answer matching
+def _normalised_with_offsets(text: str) -> tuple[str, list[int]]:
+    """``text`` lowercased, Unicode punctuation removed and whitespace runs made one space (the 'fixed' XOR
+    normalisation, short of word segmentation), and for each output character the index of the input character
+    it came from."""
+    out: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch).startswith("P"):
+            continue
+        if ch.isspace():
+            if out and out[-1] != " ":
+                out.append(" ")
+                where.append(i)
+            continue
+        for low in ch.lower():  # 'İ'.lower() is two characters: both map back to the one they came from
+            out.append(low)
+            where.append(i)
+    while out and out[-1] == " ":
+        out.pop()
+        where.pop()
+    return "".join(out), where
+
+
+def normalize_answer(text: str) -> str:
+    """How an answer string is compared with a passage: lowercased, punctuation removed, whitespace collapsed
+    (the normalisation the XOR 'fixed' and MKQA scorers apply before comparing answers)."""
+    return _normalised_with_offsets(text)[0]
+
+
+def answer_occurrences(text: str, answers) -> list[str]:
+    """The substrings of ``text`` that are an answer after :func:`normalize_answer` on both sides, as written in
+    ``text`` (so a span reader can be trained on them): 'africa' in '... in Africa.' -> ['Africa']. Plain
+    substring search, as XOR-Retrieve's answer recall: no word boundaries, which agglutinative languages
+    (Turkish 'İstanbul'da', Arabic prefixes) and scripts without spaces need."""
+    norm, where = _normalised_with_offsets(text)
+    found: list[str] = []
+    for answer in answers:
+        target = normalize_answer(answer) if answer else ""
+        if not target:
+            continue
+        at = norm.find(target)
+        while at >= 0:
+            found.append(text[where[at] : where[at + len(target) - 1] + 1])
+            at = norm.find(target, at + 1)
+    return list(dict.fromkeys(found))
+
+
+def contains_answer(text: str, answers) -> bool:
+    """Whether ``text`` holds one of ``answers`` after :func:`normalize_answer` on both sides (empty answers never
+    match). The one answer test of the mining rules, reader contexts and hard-negative filters."""
+    norm = normalize_answer(text)
+    return any((target := normalize_answer(a)) and target in norm for a in answers if a)

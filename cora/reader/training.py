@@ -27,6 +27,7 @@ import torch
 
 from cora.datastore import Passage, iter_squad_paragraphs
 from cora.errors import CoraError
+from cora.evaluation.text import contains_answer
 from cora.reader.data import XQUAD_DEV_ARTICLES, XQUAD_TRAIN_ARTICLES, ReaderExample, cross_lingual_examples
 from cora.reader.extractive import ExtractiveReader
 
@@ -183,6 +184,7 @@ def xquad_dev_examples(data_root: str | Path, per_lang: int | None = None, seed:
 
 def score_gold_paragraph(reader: ExtractiveReader, examples: Sequence[ReaderExample]) -> dict[str, dict[str, float]]:
     """F1 / EM per answer language (and macro) with the gold paragraph given; the 'fixed' XOR scorer."""
+    from cora.evaluation.report import f1_em_table
     from cora.evaluation.xor import score_one
 
     per: dict[str, list[tuple[float, float]]] = {}
@@ -190,10 +192,7 @@ def score_gold_paragraph(reader: ExtractiveReader, examples: Sequence[ReaderExam
         pred = reader.read(ex.question, ex.passages, ex.answer_lang).text
         f1, em, _ = score_one(pred, ex.answers, ex.answer_lang, "fixed")
         per.setdefault(ex.answer_lang, []).append((f1, em))
-    table = {lang: {"F1": 100 * sum(f for f, _ in v) / len(v), "EM": 100 * sum(e for _, e in v) / len(v),
-                    "n": len(v)} for lang, v in sorted(per.items())}
-    table["macro"] = {m: sum(t[m] for t in table.values()) / len(table) for m in ("F1", "EM")}
-    return table
+    return f1_em_table(per)
 
 
 class ReaderTask:
@@ -246,7 +245,7 @@ class ReaderTask:
             for neg in candidates:
                 if added == self.negatives_per_example:
                     break
-                if neg.group != gold.group and not any(a in neg.text for a in ex.answers) and neg not in passages:
+                if neg.group != gold.group and not contains_answer(neg.text, ex.answers) and neg not in passages:
                     passages.insert(rng.randrange(len(passages) + 1), neg)
                     added += 1
         return ex.question, passages, ex.answers
