@@ -4,6 +4,8 @@ Layout of an index folder::
 
     index.json            IndexConfig: factory, encoder config, datastore fingerprint, counts
     index.faiss           the FAISS index; vector id = datastore row
+    vectors.f16           (re-ranked indexes only) every vector in fp16, row = datastore row, no header: searched
+                          through a read-only memory map, so it costs disk and page cache, not process memory
     encoder/              the encoder (only for encoders that are not a registered name or hub id)
     shards/emb-00000-of-00002.npy   per-shard embeddings (kept until merged; delete with --clean)
 
@@ -11,6 +13,12 @@ Sharding: shard ``i`` of ``n`` covers rows ``[i*N//n, (i+1)*N//n)``. These range
 tail passages that a fixed-size split drops are always covered, and the merge step checks it. Each shard streams
 its rows in chunks from the memory-mapped datastore into a memory-mapped ``.npy`` and records its progress, so an
 interrupted shard resumes at its last finished chunk.
+
+Re-ranking (``IndexConfig.rerank_factor`` > 0): the FAISS index (typically IVF-PQ, ~60 bytes per vector) only
+proposes ``rerank_factor * k`` candidates; their exact inner products are computed from ``vectors.f16`` and the top
+k returned. PQ codes alone keep ~44% of the true top 100 at 1M vectors; re-ranked, 96% (docs/search.md).
+``vectors.f16`` is headerless so that ``cora index update`` can append to it: rows beyond ``IndexConfig.ntotal``
+belong to an unfinished update and are ignored (and cut off by the next one).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -32,7 +41,7 @@ from cora.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE, CONFIG_FILE, SHARD_DIR = "index.faiss", "index.json", "shards"
+INDEX_FILE, CONFIG_FILE, SHARD_DIR, VECTORS_FILE = "index.faiss", "index.json", "shards", "vectors.f16"
 
 
 @dataclass
@@ -53,23 +62,41 @@ class IndexConfig:
     faiss_bytes: int = field(default=0, metadata={"help": "size of index.faiss, checked on load"})
     faiss_sha256: str = field(default="", metadata={
         "help": "SHA-256 of index.faiss, checked on load: a damaged file is refused instead of searched"})
+    rerank_factor: int = field(default=0, metadata={
+        "help": "0: return the FAISS index's own ranking. N > 0: take N*k candidates from it and re-rank them by "
+                "exact inner product against the fp16 vectors in vectors.f16 (memory-mapped, never loaded)"})
+    rerank_io_threads: int = field(default=0, metadata={
+        "help": "threads that read the candidates' rows of vectors.f16 in parallel. 0: read them in the calling "
+                "thread, best while the file fits the page cache (warm: ~1 ms for 4,000 rows). For a file larger "
+                "than memory (40M passages: 30 GB) 64 threads read 4,000 uncached rows in ~40 ms instead of ~560 "
+                "(docs/search.md)"})
+
+
+AUTO_FLAT_MAX = 200_000  # above this 'auto' stops searching exactly (Flat: ~32 ms a query at 100k, 248 at 1M)
+AUTO_NPROBE, AUTO_RERANK_FACTOR = 128, 40  # recall@100 0.96 at 1M on the tuning questions: docs/search.md
 
 
 def auto_factory(n: int, dim: int) -> str:
-    """The index type chosen for 'auto', from benchmarks/search.py on 2 CPU cores (docs/performance.md).
+    """The index type chosen for 'auto', from benchmarks/search.py on 2 CPU cores (docs/search.md).
 
     * up to 200k vectors: Flat - exact; 13-32 ms per query at 100k, 1.5 KB per vector at 384 dims.
-    * up to 5M: HNSW32 (efSearch 128) - 0.6 ms per query at 100k with recall@100 0.94 against Flat, but
-      1.8 KB per vector (9 GB at 5M) and a build of ~20 s per 100k vectors.
-    * beyond: IVF-PQ with dim/8-byte codes (~76 bytes per vector with ids), the only one that fits 40M passages
-      in RAM, at a measured recall@100 of only 0.53 against Flat at 100k (nprobe 128): re-rank or shard first.
+    * beyond: IVF with 4-bit fast-scan PQ codes of the residuals, dim/4 sub-quantizers (48 bytes at 384 dims;
+      ~60 bytes per vector in RAM with ids and lists), whose candidates are re-ranked against the fp16 vectors
+      memory-mapped from disk (:func:`auto_rerank_factor`). The codes alone find ~44% of the exact top 100 at
+      1M vectors; re-ranked, >= 0.95 at a few ms per query (docs/search.md). HNSW32 is faster (sub-ms) but holds
+      1.8 KB per vector in RAM, so it is left to an explicit ``--factory HNSW32``.
+    * lists: 4 sqrt(n) rounded to a power of two, at least 1024 (4096 at 1M, 32768 at 40M).
     """
-    if n <= 200_000:
+    if n <= AUTO_FLAT_MAX:
         return "Flat"
-    if n <= 5_000_000:
-        return "HNSW32"
     nlist = 1 << max(10, round(math.log2(4 * math.sqrt(n))))
-    return f"IVF{nlist},PQ{dim // 8}x8"
+    m = dim // 4 if dim % 4 == 0 else dim
+    return f"IVF{nlist},PQ{m}x4fsr"
+
+
+def auto_rerank_factor(n: int) -> int:
+    """Candidates per hit that 'auto' re-ranks: 0 where :func:`auto_factory` picks exact search."""
+    return 0 if n <= AUTO_FLAT_MAX else AUTO_RERANK_FACTOR
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -108,7 +135,7 @@ def is_index(folder: str | os.PathLike) -> bool:
     kind of folder 'cora index build --out' writes into."""
     from cora.fileio import only_holds
 
-    names = (CONFIG_FILE, INDEX_FILE, SHARD_DIR, "encoder")
+    names = (CONFIG_FILE, INDEX_FILE, SHARD_DIR, VECTORS_FILE, "encoder")
     return only_holds(Path(folder), CONFIG_FILE, names) or only_holds(Path(folder), SHARD_DIR, names)
 
 
@@ -188,8 +215,12 @@ def _read_state(path: Path) -> dict:
 def merge_shards(
     out: str | os.PathLike, datastore: Datastore, factory: str, encoder_name: str, encoder_config: EncoderConfig,
     train_sample: int = 200_000, add_chunk: int = 100_000, seed: int = 0, clean: bool = True,
+    rerank_factor: int | None = None,
 ) -> DenseIndex:
-    """Build the FAISS index from every shard in ``out/shards``; refuses if rows are missing or mismatched."""
+    """Build the FAISS index from every shard in ``out/shards``; refuses if rows are missing or mismatched.
+
+    ``rerank_factor`` (None: :func:`auto_rerank_factor` of the factory when it is 'auto', else 0) > 0 also writes
+    the fp16 vectors that search re-ranks candidates against."""
     import faiss
 
     out = Path(out)
@@ -223,6 +254,11 @@ def merge_shards(
     arrays = [np.load(_shard_paths(out, m["shard"], n)[0], mmap_mode="r") for m in metas]
     dim = arrays[0].shape[1]
     total = sum(len(a) for a in arrays)
+    auto = factory == "auto"
+    if rerank_factor is None:
+        rerank_factor = auto_rerank_factor(total) if auto else 0
+    if rerank_factor < 0:
+        raise CoraError(f"rerank factor must be 0 (off) or a positive number of candidates per hit, got {rerank_factor}")
     factory = auto_factory(total, dim) if factory == "auto" else factory
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -242,12 +278,20 @@ def merge_shards(
             index.add(np.ascontiguousarray(a[s : s + add_chunk], dtype=np.float32))
     if index.ntotal != len(datastore):
         raise CoraError(f"merged index has {index.ntotal} vectors for {len(datastore)} passages")
+    vectors = None
+    if rerank_factor > 0:
+        append_vectors(out / VECTORS_FILE, 0, (a[s : s + add_chunk] for a in arrays
+                                               for s in range(0, len(a), add_chunk)), dim)
+        vectors = open_vectors(out / VECTORS_FILE, total, dim)
     config = IndexConfig(
         factory=factory, encoder=encoder_name, encoder_config=asdict(encoder_config),
         datastore=str(datastore.path.resolve()), datastore_fingerprint=datastore.fingerprint,
         datastore_size=len(datastore), dim=dim, ntotal=int(index.ntotal), int8=int8.pop(),
+        rerank_factor=rerank_factor,
     )
-    dense = DenseIndex(index, config)
+    if auto and rerank_factor > 0:
+        config.nprobe = AUTO_NPROBE
+    dense = DenseIndex(index, config, vectors)
     dense.save(out)
     if clean:
         for m in metas:
@@ -256,21 +300,101 @@ def merge_shards(
     return dense
 
 
-class DenseIndex:
-    """A FAISS inner-product index whose vector ids are datastore rows, plus its saved config."""
+def gather_rows(vectors: np.ndarray, ids: np.ndarray, pool=None, parts: int = 1) -> np.ndarray:
+    """``vectors[ids]``; with a thread pool, ``parts`` slices are read in parallel (numpy releases the GIL while it
+    copies, so the page faults of an uncached memory map overlap instead of queueing one by one)."""
+    if pool is None or parts <= 1 or len(ids) < 2 * parts:
+        return vectors[ids]
+    out = np.empty((len(ids), vectors.shape[1]), dtype=vectors.dtype)
+    bounds = np.linspace(0, len(ids), parts + 1).astype(np.int64)
 
-    def __init__(self, index, config: IndexConfig):
-        self.index, self.config = index, config
+    def fill(a: int, b: int) -> None:
+        out[a:b] = vectors[ids[a:b]]
+
+    list(pool.map(fill, bounds[:-1], bounds[1:]))
+    return out
+
+
+def rerank(vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int, pool=None, parts: int = 1,
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top k of each query among its candidate rows of ``vectors`` (fp16, usually a memory map).
+
+    Candidate ids are de-duplicated and sorted before the gather, so reads walk the file forward (page-cache and
+    read-ahead friendly) and equal scores keep the lower row first, as exact search does. Missing candidates (-1,
+    FAISS's filler) are skipped; a query with fewer than k candidates is padded with row -1 and score -inf.
+    ``pool``/``parts``: read the rows with :func:`gather_rows` in parallel.
+    """
+    import torch
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)                   # [Q, D]
+    scores = np.full((len(q), k), -np.inf, dtype=np.float32)              # [Q, k]
+    rows = np.full((len(q), k), -1, dtype=np.int64)                       # [Q, k]
+    for i, cand in enumerate(candidates):
+        ids = np.unique(cand[cand >= 0])                                  # [C] sorted
+        # Measured on 2 cores (docs/search.md): numpy converts fp16 at ~1 ns a value (2.6 ms for 4,000 x 384),
+        # torch ~6x faster (F16C); and einsum, not @, because BLAS runs a gemv of >= ~2,000 rows on all its
+        # threads, whose hand-off costs ~15 ms on a loaded machine, 10x the product itself.
+        rows_f32 = torch.from_numpy(gather_rows(vectors, ids, pool, parts)).float().numpy()  # [C, D]
+        exact = np.einsum("cd,d->c", rows_f32, q[i])                      # [C]
+        top = np.argsort(-exact, kind="stable")[:k]                       # [<=k]
+        scores[i, : len(top)], rows[i, : len(top)] = exact[top], ids[top]
+    return scores, rows
+
+
+def open_vectors(path: str | os.PathLike, n: int, dim: int) -> np.memmap:
+    """The first ``n`` rows of a headerless fp16 vectors file as a read-only memory map [n, dim]."""
+    path = Path(path)
+    need = n * dim * np.dtype(np.float16).itemsize
+    have = path.stat().st_size if path.exists() else -1
+    if have < need:
+        raise CoraError(f"{path} holds {max(have, 0)} bytes but {n} vectors of dimension {dim} need {need}: it is "
+                        "missing or truncated; rebuild the index with 'cora index build'")
+    vectors = np.memmap(path, dtype=np.float16, mode="r", shape=(n, dim))
+    if n and hasattr(vectors._mmap, "madvise"):
+        # Re-ranking reads scattered rows: without this, each page fault on an uncached file reads ahead ~128 KB.
+        vectors._mmap.madvise(mmap.MADV_RANDOM)
+    return vectors
+
+
+def append_vectors(path: str | os.PathLike, start: int, chunks, dim: int) -> int:
+    """Write float vectors as fp16 rows ``start, start+1, ...`` of ``path`` (cutting off anything from row
+    ``start`` on first: the leftovers of an interrupted update); returns the number of rows written."""
+    path = Path(path)
+    written = 0
+    with open(path, "r+b" if path.exists() else "wb") as fh:
+        fh.truncate(start * dim * 2)
+        fh.seek(start * dim * 2)
+        for chunk in chunks:
+            fh.write(np.ascontiguousarray(chunk, dtype=np.float16).tobytes())
+            written += len(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return written
+
+
+class DenseIndex:
+    """A FAISS inner-product index whose vector ids are datastore rows, plus its saved config and, for a
+    re-ranked index, the memory-mapped fp16 vectors [ntotal, dim] the candidates are re-scored against."""
+
+    def __init__(self, index, config: IndexConfig, vectors: np.ndarray | None = None):
+        if config.rerank_factor > 0 and (vectors is None or vectors.shape != (index.ntotal, index.d)):
+            raise CoraError(f"a re-ranked index (rerank_factor {config.rerank_factor}) needs its {index.ntotal} x "
+                            f"{index.d} vectors; got {None if vectors is None else vectors.shape}")
+        self.index, self.config, self.vectors = index, config, vectors
+        self._pool, self._pool_threads = None, 0  # re-rank reader threads, started when rerank_io_threads > 0
         self._apply_search_params()
 
     def _apply_search_params(self) -> None:
         import faiss
 
-        for setter in (lambda: faiss.extract_index_ivf(self.index).__setattr__("nprobe", self.config.nprobe),):
-            try:
-                setter()
-            except (RuntimeError, AttributeError):
-                pass
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+        except (RuntimeError, AttributeError):
+            ivf = None
+        if ivf is not None:
+            # Clamped: faiss 1.15's fast-scan IVF returns wrong neighbours when nprobe exceeds its lists (44% of
+            # the exact top 100 instead of 99% in tests/test_index_rerank.py).
+            ivf.nprobe = min(self.config.nprobe, ivf.nlist)
         hnsw = getattr(self.index, "hnsw", None)
         if hnsw is not None:
             hnsw.efSearch = self.config.hnsw_ef_search
@@ -283,7 +407,17 @@ class DenseIndex:
         k = min(int(k), len(self))
         if k <= 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.config.rerank_factor <= 0:
+            return self.index.search(queries, k)
+        _, candidates = self.index.search(queries, min(k * self.config.rerank_factor, len(self)))
+        threads = self.config.rerank_io_threads
+        if threads > 0 and self._pool_threads != threads:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="cora-rerank-io")
+            self._pool_threads = threads
+        return rerank(self.vectors, queries, candidates, k, self._pool if threads > 0 else None, threads)
 
     def save(self, out: str | os.PathLike) -> None:
         import faiss
@@ -300,6 +434,15 @@ class DenseIndex:
             os.replace(tmp, out / INDEX_FILE)
         finally:
             tmp.unlink(missing_ok=True)
+        target = out / VECTORS_FILE
+        source = getattr(self.vectors, "filename", None)
+        in_place = source is not None and target.exists() and os.path.samefile(source, target)
+        if self.vectors is not None and not in_place:
+            # Vectors held elsewhere (in memory, or another index's file) are copied in chunks beside the index.
+            step = 1 << 16
+            append_vectors(target, 0, (self.vectors[s : s + step] for s in range(0, len(self.vectors), step)),
+                           self.config.dim)
+            self.vectors = open_vectors(target, len(self.vectors), self.config.dim)
         save_config(self.config, out / CONFIG_FILE)
 
     @classmethod
@@ -327,7 +470,8 @@ class DenseIndex:
         if index.ntotal != config.ntotal or index.d != config.dim:
             raise CoraError(f"{folder / INDEX_FILE} holds {index.ntotal}x{index.d} vectors but {CONFIG_FILE} says "
                             f"{config.ntotal}x{config.dim}; rebuild the index")
-        return cls(index, config)
+        vectors = open_vectors(folder / VECTORS_FILE, config.ntotal, config.dim) if config.rerank_factor > 0 else None
+        return cls(index, config, vectors)
 
     def check_datastore(self, datastore: Datastore) -> None:
         if datastore.fingerprint != self.config.datastore_fingerprint:
@@ -340,6 +484,7 @@ class DenseIndex:
 def build_index(
     datastore: Datastore, encoder, out: str | os.PathLike, encoder_name: str, factory: str = "auto",
     batch_size: int = 32, shard: tuple[int, int] | None = None, show_progress: bool = True, clean: bool = True,
+    rerank_factor: int | None = None,
 ) -> DenseIndex | None:
     """Encode (all of, or one shard of) a datastore and, when every shard is done, build the index.
 
@@ -353,7 +498,68 @@ def build_index(
     encode_shard(datastore, encoder, out, shard or (0, 1), batch_size=batch_size, show_progress=show_progress)
     if shard is not None:
         return None
-    return merge_shards(out, datastore, factory, encoder_name, encoder.config, clean=clean)
+    return merge_shards(out, datastore, factory, encoder_name, encoder.config, clean=clean,
+                        rerank_factor=rerank_factor)
+
+
+def update_index(
+    folder: str | os.PathLike, datastore: Datastore, encoder, batch_size: int = 32, chunk: int = 2048,
+    show_progress: bool = True,
+) -> DenseIndex:
+    """Add the rows a datastore gained since the index in ``folder`` was built (``cora datastore add``).
+
+    The index must have been built (or last updated) from this datastore when it had exactly ``ntotal`` rows:
+    ``datastore.prefix_fingerprint(ntotal)`` must equal the fingerprint the index records, otherwise the rows it
+    holds are not the datastore's first rows and it is refused. Only rows ``[ntotal, len(datastore))`` are encoded;
+    they go into the trained index as it is (an IVF index keeps its quantizer, so lists are not rebalanced) and, for
+    a re-ranked index, onto the end of ``vectors.f16``. The config is then rewritten with the datastore's
+    current fingerprint and size. Interrupted while encoding, it leaves the old index searchable; rerun it.
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    index = DenseIndex.load(folder)
+    cfg = index.config
+    start, stop = cfg.ntotal, len(datastore)
+    if datastore.fingerprint == cfg.datastore_fingerprint:
+        logger.info("%s already holds all %d rows of %s; nothing to add", folder, stop, datastore.path)
+        return index
+    prefix = datastore.prefix_fingerprint(start) if stop > start else None
+    if prefix != cfg.datastore_fingerprint:
+        raise FingerprintMismatch(
+            f"{folder} was built from a datastore whose {start} rows are not the first rows of {datastore.path} "
+            f"(fingerprint {cfg.datastore_fingerprint[:12]}… is not one this datastore had at {start} rows): "
+            "only passages appended with 'cora datastore add' can be added; rebuild with 'cora index build'")
+    if asdict(encoder.config) != cfg.encoder_config or is_int8(encoder) != cfg.int8:
+        raise CoraError(f"the encoder given differs from the one {folder} was built with (its pooling, prefixes or "
+                        "int8 setting); new rows must be encoded the same way as the old ones")
+    bar = tqdm(total=stop - start, desc="encode new rows", unit="psg", disable=not show_progress)
+
+    def encoded():
+        for batch in datastore.iter_batches(chunk, start=start, stop=stop):
+            vecs = encoder.encode_passages(batch["title"], batch["text"], batch_size=batch_size)
+            index.index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+            bar.update(len(vecs))
+            yield vecs
+
+    if cfg.rerank_factor > 0:
+        append_vectors(folder / VECTORS_FILE, start, encoded(), cfg.dim)
+    else:
+        for _ in encoded():
+            pass
+    bar.close()
+    if index.index.ntotal != stop:
+        raise CoraError(f"updated index holds {index.index.ntotal} vectors for {stop} passages")
+    cfg.ntotal, cfg.datastore_size, cfg.datastore_fingerprint = stop, stop, datastore.fingerprint
+    cfg.datastore = str(datastore.path.resolve())
+    if cfg.rerank_factor > 0:
+        index.vectors = open_vectors(folder / VECTORS_FILE, stop, cfg.dim)
+    # index.faiss then index.json, each replaced atomically: a kill before the first rename leaves the old index
+    # intact (the appended rows lie beyond its ntotal); one between the two renames, a window of microseconds,
+    # leaves a pair that load refuses by checksum.
+    index.save(folder)
+    logger.info("index %s: added rows %d..%d, now %d vectors", folder, start, stop, stop)
+    return index
 
 
 def load_encoder_config(cfg: IndexConfig) -> EncoderConfig:
@@ -361,4 +567,4 @@ def load_encoder_config(cfg: IndexConfig) -> EncoderConfig:
 
 
 __all__ = ["DenseIndex", "IndexConfig", "build_index", "merge_shards", "encode_shard", "shard_range",
-           "auto_factory", "load_config"]
+           "auto_factory", "auto_rerank_factor", "rerank", "update_index", "load_config"]

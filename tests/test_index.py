@@ -158,5 +158,6 @@ def test_auto_factory_follows_the_measured_trade_offs():
     from cora.index import auto_factory
 
     assert auto_factory(2_400, 384) == "Flat"
-    assert auto_factory(1_000_000, 384) == "HNSW32"
-    assert auto_factory(40_000_000, 384) == "IVF32768,PQ48x8"
+    assert auto_factory(200_000, 384) == "Flat"
+    assert auto_factory(1_000_000, 384) == "IVF4096,PQ96x4fsr"  # re-ranked: tests/test_index_rerank.py
+    assert auto_factory(40_000_000, 384) == "IVF32768,PQ96x4fsr"
