@@ -28,7 +28,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -676,7 +676,3 @@ def _validate(p: Passage, where: str, seen: set[str] | dict[str, str]) -> None:
     if p.id in seen:
         raise DataFormatError(path, line_no, f"duplicate passage id {p.id!r} (seen earlier in the input); "
                               "ids must be unique", field="id")
-
-
-def passage_dict(p: Passage) -> dict:
-    return asdict(p)

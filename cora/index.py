@@ -402,6 +402,14 @@ class DenseIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def passage_vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The stored passage vectors of rows [start, stop) as float32: the full-precision copy kept for re-ranking
+        when there is one (a fast-scan IVF-PQ index cannot reconstruct), otherwise what faiss reconstructs."""
+        stop = len(self) if stop is None else stop
+        if self.vectors is not None:
+            return np.asarray(self.vectors[start:stop], dtype=np.float32)
+        return self.index.reconstruct_n(start, stop - start)
+
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """[Q, D] float32 -> scores [Q, k'], rows [Q, k'] with k' = min(k, ntotal)."""
         k = min(int(k), len(self))

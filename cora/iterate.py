@@ -331,7 +331,7 @@ class Loop:
                 encoder.config = dataclasses.replace(encoder.config,
                                                      query_adapter_scope=self.cfg.query_adapter_scope or "all")
             index = DenseIndex.load(self.out / "round_0" / "index")
-            vectors = index.index.reconstruct_n(0, len(index))
+            vectors = index.passage_vectors()
             task = QueryTowerTask(encoder, examples, tcfg.batch_size, self.datastore, vectors, None,
                                   self.cfg.temperature, all_weight=self.cfg.query_all_weight)
         else:

@@ -106,15 +106,16 @@ class Pipeline:
     @staticmethod
     def create(folder: str | os.PathLike, index: str | os.PathLike, reader: str | os.PathLike = DEFAULT_READER,
                **kw) -> Path:
-        """Write a pipeline.json that points at an index and a reader (absolute paths; a shipped reader by name)."""
+        """Write a pipeline.json that points at an index and a reader: paths relative to the pipeline folder (so
+        the folder can move together with what it points at), a shipped reader or query tower by name."""
         folder = Path(folder)
         check_pipeline_parts(index, reader)
         folder.mkdir(parents=True, exist_ok=True)
-        reader = str(reader) if str(reader) in SHIPPED_READERS else str(Path(reader).resolve())
+        reader = str(reader) if str(reader) in SHIPPED_READERS else _relative(reader, folder)
         query = kw.pop("query_encoder", None)
         if query is not None and query not in SHIPPED_ENCODERS:
-            query = str(Path(query).resolve())
-        save_config(PipelineConfig(str(Path(index).resolve()), reader, query_encoder=query, **kw),
+            query = _relative(query, folder)
+        save_config(PipelineConfig(_relative(index, folder), reader, query_encoder=query, **kw),
                     folder / PIPELINE_FILE)
         return folder
 
@@ -160,3 +161,11 @@ class Pipeline:
         (``method``: 'reread' or 'align'; default the config's)."""
         links = self.links if self.links is not None else self.retriever.datastore
         return project_answer(self.reader, question, answer, links, method or self.config.projection_method)
+
+
+def _relative(path: str | os.PathLike, folder: Path) -> str:
+    """``path`` as seen from ``folder`` (absolute where no relative path exists, e.g. another drive)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), folder.resolve())
+    except ValueError:
+        return str(Path(path).resolve())

@@ -401,4 +401,4 @@ def passage_vectors(encoder: Encoder, datastore: Datastore, cache: str | os.Path
         index.check_datastore(datastore)
     else:
         index = build_index_on_ranks(datastore, encoder, cache, encoder.config.backbone, factory="Flat")
-    return index.index.reconstruct_n(0, len(index))
+    return index.passage_vectors()

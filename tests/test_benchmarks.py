@@ -17,13 +17,13 @@ def _bench_path(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
 
 
-# Measured with --durations on 2 busy CPU cores: scale 291 s, serve_load 48 s, search 44 s, encode 17 s; the others
-# 4-9 s. The four long ones would be most of the suite's time, so they run with -m slow.
+# Measured with --durations on 2 busy CPU cores: scale 291 s, serve_load 48 s, encode 17 s; search (rewritten) 3 s,
+# the others 4-9 s. The three long ones would be most of the suite's time, so they run with -m slow.
 _SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name, key", [pytest.param("encode", "rows", marks=_SLOW),
-                                       pytest.param("search", "rows", marks=_SLOW), ("generate", "rows"),
+                                       ("search", "rows"), ("generate", "rows"),
                                        ("answer", "rows"), pytest.param("scale", "rows", marks=_SLOW),
                                        pytest.param("serve_load", "rows", marks=_SLOW), ("precision", "rows")])
 def test_quick_mode_runs_and_writes_results(name, key, tmp_path, capsys):

@@ -165,3 +165,20 @@ def test_nprobe_beyond_the_list_count_is_clamped(tmp_path):
     exact = _exact(xq, xb.astype(np.float16).astype(np.float32), 100)[1]
     found = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(rows, exact, strict=True)])
     assert found >= 0.99  # unclamped (nprobe 32 of 8 lists), faiss 1.15 finds 0.44 of them
+
+
+def test_passage_vectors_read_the_fp16_copy_where_faiss_cannot_reconstruct(pq_index):
+    dense, xb, _ = pq_index
+    got = dense.passage_vectors(10, 20)
+    assert got.dtype == np.float32 and got.shape == (10, 32)
+    np.testing.assert_array_equal(got, xb[10:20].astype(np.float16).astype(np.float32))
+    flat = DenseIndex(_flat(xb), IndexConfig(factory="Flat", encoder="none", dim=32, ntotal=500))
+    np.testing.assert_array_equal(flat.passage_vectors(), xb)  # no fp16 copy: faiss reconstructs
+
+
+def _flat(xb: np.ndarray):
+    import faiss
+
+    index = faiss.IndexFlatIP(xb.shape[1])
+    index.add(xb)
+    return index

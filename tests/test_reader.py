@@ -220,6 +220,8 @@ def test_pipeline_save_load_round_trip_and_cli(tiny_reader, datastore, tiny_enco
                 show_progress=False)
     tiny_reader.save_pretrained(tmp_path / "reader")
     Pipeline.create(tmp_path / "pipe", tmp_path / "index", tmp_path / "reader", k=3)
+    saved = json.loads((tmp_path / "pipe" / "pipeline.json").read_text(encoding="utf-8"))
+    assert (saved["index"], saved["reader"]) == ("../index", "../reader")  # relative: the folders can move together
     pipe = Pipeline.from_pretrained(tmp_path / "pipe", device="cpu")
     assert pipe.retriever.bm25 is None  # dense by default
     answer = pipe.answer("der mond umkreist die erde", lang="de")
