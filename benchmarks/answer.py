@@ -40,8 +40,8 @@ from search import replicate  # noqa: E402
 
 from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file  # noqa: E402
 from cora.datastore import Datastore, Passage  # noqa: E402
+from cora.encoder import Encoder  # noqa: E402
 from cora.index import DenseIndex, IndexConfig, auto_factory  # noqa: E402
-from cora.models import Encoder  # noqa: E402
 from cora.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from cora.reader.base import ReaderConfig  # noqa: E402
 from cora.reader.extractive import ExtractiveReader, SpanModel  # noqa: E402

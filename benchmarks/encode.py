@@ -38,7 +38,7 @@ from _common import (  # noqa: E402
 )
 
 from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file  # noqa: E402
-from cora.models import Encoder  # noqa: E402
+from cora.encoder import Encoder  # noqa: E402
 
 
 def encoder_flops(encoder: Encoder, token_counts: list[int]) -> float:

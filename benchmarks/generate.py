@@ -76,9 +76,9 @@ def main(argv=None) -> int:
     passages, questions = load_data(args.quick, 5 if args.quick else args.questions)
 
     if args.quick:
-        from cora.models import _load_hf_encoder
+        from cora.encoder import load_hf_encoder
 
-        encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir(Path(tempfile.mkdtemp()) / "tiny")))
+        encoder, tokenizer = load_hf_encoder(str(tiny_encoder_dir(Path(tempfile.mkdtemp()) / "tiny")))
         reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=128), device="cpu")
     else:
         reader = ExtractiveReader.from_backbone("me5-small", device="cpu", max_length=256)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, machine, print_table, synthetic_texts, tiny_encoder_dir, write_results, xquad_w100  # noqa: E402
 
 from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file  # noqa: E402
-from cora.models import Encoder  # noqa: E402
+from cora.encoder import Encoder  # noqa: E402
 from cora.precision import autocast, cpu_supports_bf16  # noqa: E402
 from cora.reader import ExtractiveReader  # noqa: E402
 

@@ -30,7 +30,7 @@ from _common import machine, print_table, write_results  # noqa: E402
 
 
 class HashEncoder:
-    """Stand-in for cora.models.Encoder: same interface, vectors from text hashes, no model."""
+    """Stand-in for cora.encoder.Encoder: same interface, vectors from text hashes, no model."""
 
     def __init__(self, dim: int = 384):
         from cora.config import EncoderConfig

@@ -55,7 +55,7 @@ def load_real_vectors(index_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     from cora.datasets import XQUAD_DEV_ARTICLES, xquad_file
-    from cora.models import Encoder
+    from cora.encoder import Encoder
     from cora.questions import read_squad_questions
 
     encoder = Encoder.from_pretrained("me5-small", device="cpu")

@@ -52,8 +52,8 @@ def tiny_pipeline(folder: Path) -> Path:
     import torch
 
     from cora.datastore import Datastore, Passage
+    from cora.encoder import Encoder, load_hf_encoder
     from cora.index import build_index
-    from cora.models import Encoder, _load_hf_encoder
     from cora.pipeline import Pipeline
     from cora.reader import ExtractiveReader, ReaderConfig
     from cora.reader.extractive import SpanModel
@@ -64,7 +64,7 @@ def tiny_pipeline(folder: Path) -> Path:
     build_index(ds, Encoder.from_pretrained(str(enc_dir), device="cpu"), folder / "index", str(enc_dir),
                 factory="Flat", show_progress=False)
     torch.manual_seed(0)
-    model, tokenizer = _load_hf_encoder(str(enc_dir))
+    model, tokenizer = load_hf_encoder(str(enc_dir))
     ExtractiveReader(SpanModel(model), tokenizer, ReaderConfig(model=str(enc_dir), max_length=128),
                      device="cpu").save_pretrained(folder / "reader")
     return Pipeline.create(folder / "pipeline", folder / "index", folder / "reader", k=5)

@@ -20,7 +20,7 @@ _EXPORTS = {
     "Passage": "cora.datastore",
     "Datastore": "cora.datastore",
     "EncoderConfig": "cora.config",
-    "Encoder": "cora.models",
+    "Encoder": "cora.encoder",
     "IndexConfig": "cora.index",
     "DenseIndex": "cora.index",
     "build_index": "cora.index",

@@ -6,8 +6,8 @@ Layout of an index folder::
     index.faiss           the FAISS index; vector id = datastore row
     vectors.f16           (re-ranked indexes only) every vector in fp16, row = datastore row, no header: searched
                           through a read-only memory map, so it costs disk and page cache, not process memory
-    encoder/              the encoder (only for encoders that are not a registered name or hub id)
-    shards/emb-00000-of-00002.npy   per-shard embeddings (kept until merged; delete with --clean)
+    shards/emb-00000-of-00002.npy   per-shard embeddings (removed after the merge
+                                    unless --keep-shards)
 
 Sharding: shard ``i`` of ``n`` covers rows ``[i*N//n, (i+1)*N//n)``. These ranges tile ``[0, N)`` exactly, so the
 tail passages that a fixed-size split drops are always covered, and the merge step checks it. Each shard streams
@@ -569,9 +569,6 @@ def update_index(
     logger.info("index %s: added rows %d..%d, now %d vectors", folder, start, stop, stop)
     return index
 
-
-def load_encoder_config(cfg: IndexConfig) -> EncoderConfig:
-    return EncoderConfig(**cfg.encoder_config)
 
 
 __all__ = ["DenseIndex", "IndexConfig", "build_index", "merge_shards", "encode_shard", "shard_range",

@@ -208,7 +208,7 @@ class Loop:
         return self.cfg.reader if k == 0 else str(self.out / f"round_{k}" / "reader")
 
     def _encoder(self, k: int):
-        from cora.models import Encoder
+        from cora.encoder import Encoder
 
         return Encoder.from_pretrained(self.retriever_dir(k), device=self.cfg.device)
 

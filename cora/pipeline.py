@@ -10,9 +10,9 @@ from pathlib import Path
 
 from cora.config import load_config, save_config
 from cora.datastore import Datastore, Passage
+from cora.encoder import SHIPPED_ENCODERS
 from cora.errors import CoraError
 from cora.languages import check_language, detect_language
-from cora.models import SHIPPED_ENCODERS
 from cora.questions import check_question
 from cora.reader.base import DEFAULT_READER, SHIPPED_READERS, Answer, Reader, load_reader
 from cora.reader.projection import project_answer

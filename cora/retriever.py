@@ -13,10 +13,10 @@ import numpy as np
 from cora.bm25 import reciprocal_rank_fusion_scores
 from cora.config import EncoderConfig
 from cora.datastore import Datastore
+from cora.encoder import Encoder, check_shares_passages
 from cora.errors import CoraError
 from cora.index import DenseIndex
 from cora.languages import base_code, detect_language
-from cora.models import Encoder, check_shares_passages
 from cora.questions import check_question
 
 logger = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ import torch
 
 from cora.datastore import Datastore, Passage
 from cora.distributed import rank
+from cora.encoder import Encoder, format_passage
 from cora.errors import DataFormatError
 from cora.evaluation.text import contains_answer
 from cora.losses import contrastive_loss, distill_loss, gather_with_grad, multi_positive_loss
-from cora.models import Encoder, format_passage
 from cora.questions import Question
 
 logger = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ class QueryTowerTask:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        from cora.models import QUERY_ADAPTER_DIR
+        from cora.encoder import QUERY_ADAPTER_DIR
 
         state = load_file(str(Path(folder) / QUERY_ADAPTER_DIR / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.encoder.query_model, state)

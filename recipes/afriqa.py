@@ -136,8 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/afriqa")
     ap.add_argument("--encoder", default="me5-small")
     args = ap.parse_args(argv)
+    from cora.encoder import Encoder
     from cora.index import build_index
-    from cora.models import Encoder
 
     store = build_store(args.data, Path(args.out) / "datastore")
     if not (Path(args.out) / "index" / "index.faiss").exists():

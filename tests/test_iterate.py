@@ -74,12 +74,12 @@ def _write(path, questions):
 
 
 def _tiny_extractive_reader(encoder_dir, folder):
-    from cora.models import _load_hf_encoder
+    from cora.encoder import load_hf_encoder
     from cora.reader.base import ReaderConfig
     from cora.reader.extractive import ExtractiveReader, SpanModel
 
     torch.manual_seed(0)
-    encoder, tokenizer = _load_hf_encoder(str(encoder_dir))
+    encoder, tokenizer = load_hf_encoder(str(encoder_dir))
     ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=3),
                      device="cpu").save_pretrained(folder)
     return folder
@@ -224,8 +224,8 @@ def test_bad_configs_are_refused(loop_config, tmp_path):
 def test_query_tower_rounds_train_an_adapter_and_never_re_encode(loop_config, tmp_path, monkeypatch):
     import numpy as np
 
+    from cora.encoder import QUERY_ADAPTER_DIR, Encoder
     from cora.index import DenseIndex, build_index
-    from cora.models import QUERY_ADAPTER_DIR, Encoder
 
     cfg = IterateConfig(**{**loop_config, "retriever_tower": "query", "lora_rank": 4,
                            "query_adapter_scope": "cross-lingual",

@@ -85,7 +85,7 @@ def _examples(datastore):
 
 
 def _task(tiny_encoder_dir, datastore):
-    from cora.models import Encoder
+    from cora.encoder import Encoder
 
     torch.manual_seed(0)
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir), device="cpu")
@@ -135,7 +135,7 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_encoder_dir, data
 
 def test_cli_train_retriever_saves_config_and_a_loadable_encoder(tiny_encoder_dir, datastore, tmp_path):
     from cora.cli import main
-    from cora.models import Encoder
+    from cora.encoder import Encoder
 
     write_examples(_examples(datastore), tmp_path / "train.json")
     (tmp_path / "cfg.json").write_text(json.dumps({"temperature": 0.1, "lr": 1e-3, "batch_size": 2}))

@@ -16,8 +16,8 @@ LANGS = ["en", "en", "de"]
 
 @pytest.fixture(scope="module")
 def pipeline(datastore, tiny_encoder, tiny_encoder_dir, tmp_path_factory):
+    from cora.encoder import load_hf_encoder
     from cora.index import DenseIndex, build_index
-    from cora.models import _load_hf_encoder
     from cora.pipeline import Pipeline, PipelineConfig
     from cora.reader import ExtractiveReader, ReaderConfig
     from cora.reader.extractive import SpanModel
@@ -26,7 +26,7 @@ def pipeline(datastore, tiny_encoder, tiny_encoder_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     build_index(datastore, tiny_encoder, tmp / "index", str(tiny_encoder_dir), factory="Flat", show_progress=False)
     torch.manual_seed(0)
-    encoder, tokenizer = _load_hf_encoder(str(tiny_encoder_dir))
+    encoder, tokenizer = load_hf_encoder(str(tiny_encoder_dir))
     reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5),
                               device="cpu")
     return Pipeline(Retriever(tiny_encoder, DenseIndex.load(tmp / "index"), datastore), reader,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from cora.encoder import QUERY_ADAPTER_DIR, Encoder
 from cora.errors import CoraError
 from cora.losses import multi_positive_loss, multi_positive_loss_naive
-from cora.models import QUERY_ADAPTER_DIR, Encoder
 from cora.questions import Question
 from cora.retriever_training import Ctx, DPRExample, QueryTowerTask, passage_vectors, write_examples
 from cora.training import TrainConfig, train

@@ -252,8 +252,8 @@ def test_pipeline_with_a_query_encoder_over_the_backbone_index(tiny_reader, data
                                                               tiny_encoder_dir, tmp_path):
     import numpy as np
 
+    from cora.encoder import Encoder
     from cora.index import build_index
-    from cora.models import Encoder
     from cora.pipeline import Pipeline
 
     build_index(datastore, tiny_encoder, tmp_path / "index", str(tiny_encoder_dir), factory="Flat",

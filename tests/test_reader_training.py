@@ -95,10 +95,10 @@ def test_q4_residual_delta_is_small_and_reads_like_the_model(partial_reader, tmp
 
     again = load_reader(tmp_path / "q4", device="cpu").model.state_dict()
     state = model.state_dict()
-    from cora.models import _load_hf_encoder, resolve_backbone
+    from cora.encoder import load_hf_encoder, resolve_backbone
 
     base = {f"encoder.{k}": v for k, v in
-            _load_hf_encoder(resolve_backbone(partial_reader.config.model))[0].state_dict().items()}
+            load_hf_encoder(resolve_backbone(partial_reader.config.model))[0].state_dict().items()}
     for k, v in state.items():
         if k in matrices:  # off by at most half a quantisation step of the residual's block
             residual = (v - base[k]).abs().max()

@@ -228,8 +228,8 @@ def test_flipped_bytes_in_index_faiss_are_refused(index_dir, tmp_path):
 def test_resume_after_switching_int8_does_not_mix_rows(datastore, tiny_encoder_dir, tmp_path):
     import numpy as np
 
+    from cora.encoder import Encoder
     from cora.index import DenseIndex, build_index, encode_shard
-    from cora.models import Encoder
 
     fp32 = Encoder.from_pretrained(str(tiny_encoder_dir), device="cpu")
     out = tmp_path / "index"

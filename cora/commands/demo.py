@@ -60,10 +60,10 @@ def demo(data: Path = SAMPLE, out: Path | None = None, overwrite: bool = False, 
     """Build the datastore, index and pipeline from ``data`` under ``out`` ($CORA_HOME/demo by default, rebuilt
     every time) and answer its questions."""
     from cora.datastore import Datastore, is_datastore, read_jsonl
+    from cora.encoder import Encoder, cora_home
     from cora.evaluation.xor import score_one
     from cora.fileio import check_output
     from cora.index import build_index, check_index_output
-    from cora.models import Encoder, cora_home
     from cora.pipeline import PIPELINE_FILE, Pipeline
     from cora.questions import read_questions
 

@@ -94,7 +94,7 @@ def register(sub) -> None:
 
 def _build(args) -> int:
     from cora.distributed import build_index_on_ranks
-    from cora.models import Encoder
+    from cora.encoder import Encoder
 
     shard = parse_shard(args.shard) if args.shard else None
     check_index_output(args.out, args.overwrite, inputs=[args.datastore])
@@ -113,7 +113,7 @@ def _build(args) -> int:
 
 
 def _merge(args) -> int:
-    from cora.models import encoder_config_for
+    from cora.encoder import encoder_config_for
 
     ds = Datastore(args.datastore)
     index = merge_shards(args.out, ds, args.factory, args.encoder, encoder_config_for(args.encoder),
@@ -124,9 +124,9 @@ def _merge(args) -> int:
 
 def _update(args) -> int:
     from cora.config import EncoderConfig
+    from cora.encoder import Encoder
     from cora.errors import CoraError
     from cora.index import load_config, update_index
-    from cora.models import Encoder
 
     ds = Datastore(args.datastore)
     config_path = Path(args.index) / CONFIG_FILE  # read alone: update_index loads (and checksums) the index once

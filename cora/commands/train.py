@@ -172,7 +172,7 @@ def register(sub) -> None:
 
 def _train_retriever(args) -> int:
     from cora.datastore import Datastore
-    from cora.models import Encoder
+    from cora.encoder import Encoder
     from cora.questions import Question
     from cora.retriever_training import RetrieverTask, read_examples
     from cora.training import train

@@ -70,9 +70,9 @@ class ExtractiveReader:
     @classmethod
     def from_backbone(cls, backbone: str = "me5-small", device: str | None = None, **overrides) -> ExtractiveReader:
         """A new reader with a randomly initialised head over a backbone (to be trained)."""
-        from cora.models import _load_hf_encoder, default_encoder_config, resolve_backbone
+        from cora.encoder import default_encoder_config, load_hf_encoder, resolve_backbone
 
-        encoder, tokenizer = _load_hf_encoder(resolve_backbone(backbone))
+        encoder, tokenizer = load_hf_encoder(resolve_backbone(backbone))
         prefix = default_encoder_config(backbone).query_prefix
         config = replace(ReaderConfig(backend="extractive", model=backbone, question_prefix=prefix), **overrides)
         model = SpanModel(encoder, rank_head=config.rank_head)
@@ -86,12 +86,12 @@ class ExtractiveReader:
         """A full reader folder (``encoder/`` + head) or a delta folder (fine-tuned layers on a backbone)."""
         from safetensors.torch import load_file
 
-        from cora.models import _load_hf_encoder, resolve_backbone
+        from cora.encoder import load_hf_encoder, resolve_backbone
 
         folder = Path(folder)
         config = load_config(ReaderConfig, folder / READER_CONFIG_FILE)
         if delta_files(folder):
-            encoder, tokenizer = _load_hf_encoder(resolve_backbone(config.model))
+            encoder, tokenizer = load_hf_encoder(resolve_backbone(config.model))
             model = SpanModel(encoder, rank_head=config.rank_head)
             load_delta(model, delta_files(folder))
             if config.trainable_layers is not None:
@@ -100,7 +100,7 @@ class ExtractiveReader:
         if not (folder / "encoder").exists():
             raise CoraError(f"{folder}: neither {DELTA_FILE} (or its shards) nor an encoder/ folder; not a trained "
                             "reader")
-        encoder, tokenizer = _load_hf_encoder(str(folder / "encoder"))
+        encoder, tokenizer = load_hf_encoder(str(folder / "encoder"))
         model = SpanModel(encoder, rank_head=config.rank_head)
         heads = load_file(str(folder / HEAD_FILE))
         model.head.load_state_dict({k.removeprefix("head."): v for k, v in heads.items() if not k.startswith("rank.")})
@@ -391,9 +391,9 @@ def q4_residual_state(model: SpanModel, backbone: str) -> dict[str, torch.Tensor
     """The trained state with every matrix the backbone also has replaced by ``name.q4r``: Q4_0 blocks of
     (trained - backbone); other entries (biases, norms, the span head) in fp16."""
     from cora.convert import QK, quantize_q4
-    from cora.models import _load_hf_encoder, resolve_backbone
+    from cora.encoder import load_hf_encoder, resolve_backbone
 
-    base, _ = _load_hf_encoder(resolve_backbone(backbone))
+    base, _ = load_hf_encoder(resolve_backbone(backbone))
     base_state = {f"encoder.{k}": v for k, v in base.state_dict().items()}
     out = {}
     for k, v in trained_state(model).items():

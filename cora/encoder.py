@@ -181,7 +181,9 @@ def format_passage(title: str, text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- encoder
-def _load_hf_encoder(path_or_id: str):
+def load_hf_encoder(path_or_id: str):
+    """A Hugging Face encoder model (without its pooler) and its tokenizer from a hub id or a local folder, with
+    an error that says what to do when neither is reachable."""
     from transformers import AutoModel, AutoTokenizer
 
     try:
@@ -228,11 +230,11 @@ class Encoder:
         config = replace(encoder_config_for(name_or_path), **overrides)
         folder = encoder_folder(name_or_path)
         if folder is not None and config.query_adapter:
-            model, tokenizer = _load_hf_encoder(resolve_backbone(config.backbone))
+            model, tokenizer = load_hf_encoder(resolve_backbone(config.backbone))
             encoder = cls(model, tokenizer, config, device, precision=precision)
             encoder.query_model = _query_tower(model, folder / config.query_adapter).to(encoder.device)
             return encoder
-        model, tokenizer = _load_hf_encoder(str(folder) if folder is not None else resolve_backbone(name_or_path))
+        model, tokenizer = load_hf_encoder(str(folder) if folder is not None else resolve_backbone(name_or_path))
         encoder = cls(model, tokenizer, config, device, precision=precision)
         encoder.source = name_or_path
         return encoder
