@@ -26,22 +26,21 @@ import logging
 import random
 from pathlib import Path
 
+from cora.datasets import SQUAD_SOURCES, XQUAD_DEV_ARTICLES, XQUAD_LANGS, XQUAD_TRAIN_ARTICLES, xquad_aligned
 from cora.datastore import Datastore, read_squad
 from cora.fileio import atomic_write_json
 from cora.iterate import IterateConfig, Loop
 from cora.questions import read_squad_questions, write_questions
 
-LANGS = ["ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh"]
+LANGS = list(XQUAD_LANGS)
+TRAIN_ARTICLES, DEV_ARTICLES = XQUAD_TRAIN_ARTICLES, XQUAD_DEV_ARTICLES
 
 
 def OTHER_SOURCES(data: Path):  # noqa: N802 - a table, read like a constant
-    """(path, language, articles) of the non-XQuAD training sets (SQuAD-es: only the articles XQuAD trains on)."""
-    return [(data / "tydiqa-goldp" / f"{name}_tydiqa_train.json", lang, None)
-            for name, lang in (("english", "en"), ("korean", "ko"), ("swahili", "sw"))] + [
-        (data / "jaquad" / "jaquad_train_0000.json", "ja", None), (data / "arcd" / "arcd-train.json", "ar", None),
-        (data / "drcd" / "DRCD_dev.json", "zh-TW", None), (data / "squad-it" / "SQuAD_it-test.json", "it", None),
-        (data / "squad-es" / "dev-v1.1-es_small.json", "es", range(0, 32))]
-TRAIN_ARTICLES, DEV_ARTICLES = range(0, 32), range(32, 40)
+    """(path, language, articles) of the non-XQuAD training sets of cora.datasets (SQuAD-es: only the articles
+    XQuAD trains on; JaQuAD: its first shard)."""
+    return [(p, s.lang, XQUAD_TRAIN_ARTICLES if xquad_aligned(s) else None)
+            for s in SQUAD_SOURCES if not s.path.startswith("xquad/") for p in sorted(data.glob(s.path))[:1]]
 
 
 def main(argv=None) -> int:

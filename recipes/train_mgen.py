@@ -27,13 +27,15 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from cora.config import config_from_dict, read_config_file
+from cora.datasets import XQUAD_LANGS
 from cora.datastore import Datastore
 from cora.evaluation.report import f1_em_table, format_table
 from cora.evaluation.xor import score_one
 from cora.pipeline import Pipeline, PipelineConfig
 from cora.reader import Seq2SeqGenerator, load_reader, training_passages
 from cora.reader.data import XQUAD_DEV_ARTICLES, XQUAD_TRAIN_ARTICLES, ReaderExample
-from cora.reader.training import XQUAD_LANGS, Seq2SeqTask
+from cora.reader.training import Seq2SeqTask
 from cora.retriever import Retriever
 from cora.training import TrainConfig, train
 
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
         retrievers[name] = Retriever.from_pretrained(retrieval / f"index-{name}", ds, device=args.device,
                                                      query_encoder=args.query_encoder)
 
-    cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    cfg = read_config_file(args.config)
     extra = [a for a in args.extra if a != "--"]
     known = {f.name: f for f in fields(TrainConfig)}
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
         if name not in known:
             raise SystemExit(f"unknown TrainConfig option {flag}")
         cfg[name] = json.loads(value) if value[:1].isdigit() or value in ("true", "false", "null") else value
-    tcfg = TrainConfig(**{**cfg, "output_dir": str(out / "run")})
+    tcfg = config_from_dict(TrainConfig, {**cfg, "output_dir": str(out / "run")}, source=args.config)
 
     train_q = xquad_questions(xquad, XQUAD_TRAIN_ARTICLES, args.train_per_lang, rng)
     ds = stores["all-languages"]

@@ -27,12 +27,13 @@ import sys
 import time
 from pathlib import Path
 
+from cora.datasets import XQUAD_LANGS
 from cora.datastore import Datastore
 from cora.evaluation.report import f1_em_table, format_table
 from cora.evaluation.xor import score_one
 from cora.pipeline import Pipeline, PipelineConfig
 from cora.reader import load_reader
-from cora.reader.training import XQUAD_LANGS, score_gold_paragraph, xquad_dev_examples
+from cora.reader.training import score_gold_paragraph, xquad_dev_examples
 from cora.retriever import Retriever
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

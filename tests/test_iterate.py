@@ -14,6 +14,8 @@ from cora.mining import Label, cora_rule, expand_by_groups, is_correct
 from cora.questions import Question
 from tests.conftest import CORPUS
 
+from .conftest import make_tiny_mt5, make_tiny_reader
+
 TRAIN = [
     Question("nile/en", "where is the nile river", "en", ["Africa"], "nile-en", "nile",
              answers_by_lang={"de": ["Afrika"], "es": ["África"]}),
@@ -74,37 +76,14 @@ def _write(path, questions):
 
 
 def _tiny_extractive_reader(encoder_dir, folder):
-    from cora.encoder import load_hf_encoder
-    from cora.reader.base import ReaderConfig
-    from cora.reader.extractive import ExtractiveReader, SpanModel
-
-    torch.manual_seed(0)
-    encoder, tokenizer = load_hf_encoder(str(encoder_dir))
-    ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=3),
-                     device="cpu").save_pretrained(folder)
+    make_tiny_reader(encoder_dir, max_answer_tokens=3).save_pretrained(folder)
     return folder
 
 
 def _tiny_mt5_reader(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import MT5Config, MT5ForConditionalGeneration, PreTrainedTokenizerFast
-
-    from cora.reader.base import ReaderConfig
-    from cora.reader.seq2seq import Seq2SeqGenerator
-
     words = {w for p in CORPUS for w in (p["title"] + " " + p["text"]).split()}
     words |= {w for q in TRAIN + DEV for w in (q.question + " " + " ".join(q.answers)).split()}
-    vocab = {w: i for i, w in enumerate(["[PAD]", "</s>", "[UNK]", "<Q>:", "<P>:", *sorted(words)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", eos_token="</s>", unk_token="[UNK]")
-    torch.manual_seed(0)
-    model = MT5ForConditionalGeneration(MT5Config(
-        vocab_size=len(vocab), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
-    Seq2SeqGenerator(model, tokenizer, ReaderConfig(backend="seq2seq", model="tiny-mt5", num_beams=1,
-                                                    max_target_length=4), device="cpu").save_pretrained(folder)
+    make_tiny_mt5(["<Q>:", "<P>:", *sorted(words)]).save_pretrained(folder)
     return folder
 
 

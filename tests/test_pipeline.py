@@ -4,11 +4,12 @@ retrieve -> read -> project, checked against the plain path."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from cora.datastore import Datastore, read_jsonl
 from cora.errors import CoraError
 from cora.evaluation.report import f1_em_table
+
+from .conftest import make_tiny_reader
 
 QUESTIONS = ["where is the nile river", "what does the moon orbit", "woraus ist tee"]
 LANGS = ["en", "en", "de"]
@@ -16,19 +17,13 @@ LANGS = ["en", "en", "de"]
 
 @pytest.fixture(scope="module")
 def pipeline(datastore, tiny_encoder, tiny_encoder_dir, tmp_path_factory):
-    from cora.encoder import load_hf_encoder
     from cora.index import DenseIndex, build_index
     from cora.pipeline import Pipeline, PipelineConfig
-    from cora.reader import ExtractiveReader, ReaderConfig
-    from cora.reader.extractive import SpanModel
     from cora.retriever import Retriever
 
     tmp = tmp_path_factory.mktemp("pipe")
     build_index(datastore, tiny_encoder, tmp / "index", str(tiny_encoder_dir), factory="Flat", show_progress=False)
-    torch.manual_seed(0)
-    encoder, tokenizer = load_hf_encoder(str(tiny_encoder_dir))
-    reader = ExtractiveReader(SpanModel(encoder), tokenizer, ReaderConfig(max_length=32, max_answer_tokens=5),
-                              device="cpu")
+    reader = make_tiny_reader(tiny_encoder_dir)
     return Pipeline(Retriever(tiny_encoder, DenseIndex.load(tmp / "index"), datastore), reader,
                     PipelineConfig(str(tmp / "index"), "tiny", k=3, max_k=10))
 

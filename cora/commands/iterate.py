@@ -41,18 +41,11 @@ def _fields() -> list[str]:
 
 
 def _run(args) -> int:
-    from cora.config import config_from_dict
+    from cora.config import config_from_dict, read_config_file
     from cora.iterate import IterateConfig, Loop
 
     path = Path(args.config)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CoraError(f"{path}: config file not found") from None
-    except json.JSONDecodeError as err:
-        raise CoraError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    if not isinstance(raw, dict):
-        raise CoraError(f"{path}: expected a JSON object of IterateConfig fields")
+    raw = read_config_file(path)
     raw.pop("type", None)
     for key in ("output_dir", "rounds", "device"):
         if getattr(args, key) is not None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from cora.datasets import AFRIQA_TRAIN, XQUAD_LANGS, ReaderSource, xquad_file  # noqa: F401 (re-exported)
+from cora.datasets import READER_SOURCES as DEFAULT_SOURCES
 from cora.datastore import Passage, iter_squad_paragraphs
 from cora.errors import CoraError
 from cora.evaluation.text import contains_answer
@@ -32,40 +34,6 @@ from cora.reader.data import XQUAD_DEV_ARTICLES, XQUAD_TRAIN_ARTICLES, ReaderExa
 from cora.reader.extractive import ExtractiveReader
 
 logger = logging.getLogger(__name__)
-
-XQUAD_LANGS = ("ar", "de", "el", "en", "es", "hi", "ro", "ru", "th", "tr", "vi", "zh")
-
-
-@dataclass
-class ReaderSource:
-    """One training file (a glob, relative to the data root), its language and an example cap. ``format`` is
-    'squad' (SQuAD JSON) or 'afriqa' (AfriQA gold-passage JSON lines: ``lang`` is the question's language, the
-    passage and the answer are in the pivot language named in the file name)."""
-
-    path: str
-    lang: str
-    cap: int | None = None
-    format: str = "squad"
-
-
-AFRIQA_TRAIN = [("bem", "en"), ("fon", "fr"), ("hau", "en"), ("ibo", "en"), ("kin", "en"), ("twi", "en"),
-                ("yor", "en"), ("zul", "en")]  # the AfriQA languages with train gold passages in the shared data
-
-
-# Every SQuAD-format training set in ../shared/data (see its README). Caps keep the large ones from swamping the
-# mixture; XQuAD is listed per language and restricted to its training articles in reader_mixture().
-DEFAULT_SOURCES = [ReaderSource(f"xquad/xquad.{lang}.json", lang) for lang in XQUAD_LANGS] + [
-    ReaderSource("tydiqa-goldp/english_tydiqa_train.json", "en"),
-    ReaderSource("tydiqa-goldp/korean_tydiqa_train.json", "ko"),
-    ReaderSource("tydiqa-goldp/swahili_tydiqa_train.json", "sw"),
-    ReaderSource("jaquad/jaquad_train_*.json", "ja", cap=3000),
-    ReaderSource("arcd/arcd-train.json", "ar"),
-    ReaderSource("drcd/DRCD_dev.json", "zh", cap=2500),
-    ReaderSource("squad-it/SQuAD_it-test.json", "it", cap=2500),
-    ReaderSource("squad-es/dev-v1.1-es_small.json", "es", cap=2500),
-] + [ReaderSource(f"afriqa/gold_passages/{lang}/gold_span_passages.afriqa.{lang}.{pivot}.train.json", lang,
-                  format="afriqa") for lang, pivot in AFRIQA_TRAIN]
-
 
 def afriqa_examples(path: Path, lang: str) -> tuple[list[ReaderExample], list[Passage]]:
     """AfriQA gold-passage examples: question in ``lang``, passage and answer in the pivot language (the file
@@ -110,7 +78,7 @@ class Mixture:
 
 def xquad_dev_ids(data_root: str | Path) -> set[str]:
     """Question ids of the XQuAD dev articles (identical in every language)."""
-    path = Path(data_root) / "xquad" / "xquad.en.json"
+    path = xquad_file(data_root, "en")
     if not path.exists():
         raise CoraError(f"{path} not found: --data-root must be the shared data folder (it holds xquad/)")
     return {str(q["id"]) for p in iter_squad_paragraphs(path, XQUAD_DEV_ARTICLES) for q in p.qas}
@@ -177,7 +145,7 @@ def xquad_dev_examples(data_root: str | Path, per_lang: int | None = None, seed:
     rng = random.Random(seed)
     out = []
     for lang in XQUAD_LANGS:
-        ex, _ = file_examples(Path(data_root) / "xquad" / f"xquad.{lang}.json", lang, set(), XQUAD_DEV_ARTICLES)
+        ex, _ = file_examples(xquad_file(data_root, lang), lang, set(), XQUAD_DEV_ARTICLES)
         out += rng.sample(ex, per_lang) if per_lang and per_lang < len(ex) else ex
     return out
 
