@@ -104,10 +104,10 @@ def run_open(args, reader, dev, results) -> None:
         # through the all-languages datastore's links.
         pipe = Pipeline(retriever, reader, PipelineConfig(str(retrieval / f"index-{setting.split(',')[0]}"),
                                                           args.reader, k=args.k, projection=False), links=linked)
-        results = pipe.answer_batch([ex.question for ex in dev], [ex.question_lang for ex in dev], details=True)
+        answered = pipe.answer_batch([ex.question for ex in dev], [ex.question_lang for ex in dev], details=True)
         variants = {"no projection": {}} | {f"projection: {m}": {} for m in methods}
         fired = {m: [] for m in methods}  # (f1 before, f1 after) where projection fired
-        for ex, res in zip(dev, results, strict=True):
+        for ex, res in zip(dev, answered, strict=True):
             base = res.read
             f1, em, _ = score_one(base.text, ex.answers, ex.answer_lang, "fixed")
             variants["no projection"].setdefault(ex.answer_lang, []).append((f1, em))

@@ -1,0 +1,205 @@
+"""The CORA loop on AfriQA: questions in ten African languages, evidence only in English/French (docs/afriqa_loop.md).
+
+* **Datastore**: every AfriQA train and dev gold passage (English; French for Fon and Wolof; one copy of each
+  text, recipes/afriqa.py) plus **distractors**: the English TyDi QA GoldP training passages (real English
+  Wikipedia paragraphs written for other questions). No French distractors are in the shared data.
+* **Training questions**: AfriQA *train*, with their answers in the question's language and in the pivot language
+  (``answers_by_lang``), **without** their gold passages: positives are mined (CORA's rule: the reader reads each of
+  the top ``label_depth`` passages alone and is right against the pivot answer; a passage holding the answer but
+  read wrong is a fallback positive). A second file with the same ids carries the gold group, used only by
+  recipes/loop_label_quality.py to score the mined labels.
+* **Dev**: AfriQA dev, all ten languages; recall is *answer-in-top-k* (``dev_recall: answer``: a passage holding a
+  gold answer, normalised; Swahili, Wolof and Yorùbá dev have no gold passages in the shared data). F1 is measured
+  on the first ``--eval-per-lang`` dev questions of each language, against the question-language answers (the
+  pipeline's answer) and the pivot answers (the answer as read, ``qa_source``).
+* **Round 0** = the shipped pair: the ``mdpr-me5-small`` query tower over me5-small passage vectors and the
+  ``me5-small-reader``. Each round retrains the query tower's LoRA adapter (``retriever_tower: query``: passages
+  are never re-encoded) and the top ``--reader-layers`` layers of the reader (a CPU budget) on the mined data.
+* The human translations of the questions (``translated_question``) are **not used**: CORA had none for its
+  training questions, and none exist at test time. ``--with-translations`` is the ablation that adds each
+  training question's English/French translation as an extra training question (translate-train, same answers),
+  never at dev time.
+
+Every step writes one output atomically under ``--out`` (outside git: ``$CORA_HOME/runs/afriqa-loop`` by default),
+so rerunning the same command resumes after the last finished step; no step takes more than about an hour on two
+shared CPU cores, so a slice of at most 2.5 hours is one rerun, e.g. ``timeout 2.5h``:
+
+    python recipes/cora_loop_afriqa.py --rounds 2             # round 0, 1, 2; rerun to resume
+    python recipes/cora_loop_afriqa.py --report               # per-language tables of the rounds finished so far
+    python recipes/loop_label_quality.py $CORA_HOME/runs/afriqa-loop/loop \\
+        --gold-questions $CORA_HOME/runs/afriqa-loop/train-gold.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cora.datastore import Datastore, iter_squad_paragraphs
+from cora.encoder import cora_home
+from cora.fileio import atomic_write_json
+from cora.iterate import IterateConfig, Loop
+from cora.questions import Question, write_questions
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import afriqa  # noqa: E402
+
+# The languages whose dev gold passages the shared data holds (so the store can hold their answers): Swahili and
+# Wolof have no gold passages at all, Yorùbá none for dev.
+WITH_DEV_GOLD = ("bem", "fon", "hau", "ibo", "kin", "twi", "zul")
+
+
+def build_store(data: Path, out: Path) -> Datastore:
+    """AfriQA train+dev gold passages + the English TyDi QA GoldP training paragraphs as distractors."""
+    if (out / "datastore.json").exists():
+        return Datastore(out)
+    seen, passages = set(), []
+    for lang in afriqa.LANGS:
+        for split in ("train", "dev"):
+            for p in afriqa.gold_passages(data, lang, split).values():
+                if p.group not in seen:
+                    seen.add(p.group)
+                    passages.append(p)
+    n_gold = len(passages)
+    texts = {p.text.strip() for p in passages}
+    from cora.datastore import Passage
+
+    for para in iter_squad_paragraphs(data / "tydiqa-goldp" / "english_tydiqa_train.json"):
+        text = (para.context or "").strip()
+        if text and text not in texts:
+            texts.add(text)
+            passages.append(Passage(f"tydi.en:{para.passage_id}", "en", para.title, text, f"tydi:{para.passage_id}"))
+    logging.info("datastore: %d AfriQA gold passages + %d TyDi QA English distractors", n_gold,
+                 len(passages) - n_gold)
+    return Datastore.build(passages, out)
+
+
+def loop_questions(qs: list[afriqa.AfriQAQuestion], split: str, gold: bool, translations: bool = False
+                   ) -> list[Question]:
+    out = []
+    for q in qs:
+        if not q.answers and not q.pivot_answers:
+            continue
+        group = q.gold_group if gold else None
+        out.append(Question(f"{q.lang}/{split}/{q.id}", q.question, q.lang, q.answers, gold_group=group,
+                            answers_by_lang={q.pivot: q.pivot_answers}))
+        if translations and q.translated_question.strip():
+            out.append(Question(f"{q.lang}/{split}/{q.id}/translated", q.translated_question, q.pivot,
+                                q.pivot_answers, gold_group=group))
+    return out
+
+
+def report(out: Path) -> str:
+    """Markdown tables, one column per finished round: answer-in-top-20 recall, F1 against the question-language
+    answers and against the pivot answers, per language and macro; then label quality per round."""
+    import loop_label_quality
+
+    loop = out / "loop"
+    metrics = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(loop.glob("round_*/metrics.json"),
+                                                                          key=lambda p: int(p.parent.name[6:]))]
+    if not metrics:
+        return "no round has finished yet\n"
+    langs = list(afriqa.LANGS)
+    rounds = [m["round"] for m in metrics]
+    head = "| lang | " + " | ".join(f"round {r}" for r in rounds) + " |\n|---|" + "---:|" * len(rounds) + "\n"
+
+    def table(title: str, cell) -> str:
+        rows = [f"| {lang} | " + " | ".join(cell(m, lang) for m in metrics) + " |" for lang in [*langs, "macro"]]
+        rows.append(f"| macro, the {len(WITH_DEV_GOLD)} with dev gold passages | "
+                    + " | ".join(cell(m, WITH_DEV_GOLD) for m in metrics) + " |")
+        return f"**{title}**\n\n" + head + "\n".join(rows) + "\n\n"
+
+    def pct(d, lang, key, scale=1.0):
+        if isinstance(lang, tuple):  # a macro over these languages
+            return f"{scale * sum(d[x][key] for x in lang) / len(lang):.1f}" if all(x in d for x in lang) else "-"
+        return f"{scale * d[lang][key]:.1f}" if lang in d else "-"
+
+    main = [m["datastores"]["main"] for m in metrics]
+    for m, d in zip(metrics, main, strict=True):
+        m["_d"] = d
+    md = table("Answer in the top 20 (% of dev questions, all answerable dev questions)",
+               lambda m, lang: pct(m["_d"]["recall"], lang, "R@20", 100))
+    md += table("Answer in the top 5", lambda m, lang: pct(m["_d"]["recall"], lang, "R@5", 100))
+    md += table("F1, question-language answers (pipeline answer, top 5 read)",
+                lambda m, lang: pct(m["_d"]["qa"], lang, "F1"))
+    md += table("F1, pivot answers (the answer as read from the English/French passage)",
+                lambda m, lang: pct(m["_d"].get("qa_source", {}), lang, "F1"))
+    store = Datastore(out / "datastore")
+    from cora.questions import read_questions
+
+    gold = {q.id: q.gold_group for q in read_questions(out / "train-gold.jsonl") if q.gold_group}
+    lines = []
+    for r in rounds[1:]:
+        q = loop_label_quality.round_quality(loop / f"round_{r}", store, gold)
+        t, h = q["total"], q["in_gold_group"]
+        pos = [k for k in t if k.startswith("mined:") and k != "mined:hard-negative"]
+        prec = q["precision"]
+        lines.append(f"| {r} | {sum(t[k] for k in pos)} | "
+                     + (f"{100 * prec['mined positives']:.1f}" if prec["mined positives"] is not None else "-")
+                     + " | " + ", ".join(f"{k[6:]} {t[k]} ({100 * h.get(k, 0) / t[k]:.0f}%)" for k in sorted(pos))
+                     + f" | {t.get('mined:hard-negative', 0)} | "
+                     + (f"{100 * prec['mined hard negatives']:.1f}" if prec["mined hard negatives"] is not None
+                        else "-") + " |")
+    if lines:
+        md += ("**Label quality** (training questions with a gold passage; positives: share that is the gold "
+               "passage's text; hard negatives: share that is not)\n\n| round | mined positives | precision | by "
+               "source (precision) | hard negatives | precision |\n|---|---:|---:|---|---:|---:|\n"
+               + "\n".join(lines) + "\n")
+    return md
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
+    ap.add_argument("--out", default=str(cora_home() / "runs" / "afriqa-loop"))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--label-depth", type=int, default=8, help="passages the reader labels per question")
+    ap.add_argument("--eval-per-lang", type=int, default=100, help="dev questions per language read for F1")
+    ap.add_argument("--reader-layers", type=int, default=2, help="top reader layers retrained per round")
+    ap.add_argument("--reader-steps", type=int, default=150)
+    ap.add_argument("--retriever-epochs", type=int, default=2)
+    ap.add_argument("--with-translations", action="store_true",
+                    help="ablation: add the human translations of the training questions as training questions")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--report", action="store_true", help="print the tables of the finished rounds and stop")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data, out = Path(args.data), Path(args.out).expanduser()
+    if args.report:
+        print(report(out))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    store = build_store(data, out / "datastore")
+    train = afriqa.questions(data, "train")
+    dev = afriqa.questions(data, "dev")
+    write_questions(loop_questions(train, "train", gold=False, translations=args.with_translations),
+                    out / "train.jsonl")
+    write_questions(loop_questions(train, "train", gold=True, translations=args.with_translations),
+                    out / "train-gold.jsonl")
+    write_questions(loop_questions(dev, "dev", gold=True), out / "dev.jsonl")
+    cfg = IterateConfig(
+        output_dir=str(out / "loop"), datastore=str(store.path), train_questions=str(out / "train.jsonl"),
+        dev_questions=str(out / "dev.jsonl"), encoder="mdpr-me5-small", reader="me5-small-reader",
+        rounds=args.rounds, retrieve_k=20, label_depth=args.label_depth, hard_negatives=3, reader_k=4,
+        reader_positives=2, eval_k=5, recall_ks=[1, 5, 20], dev_recall="answer", eval_qa_per_lang=args.eval_per_lang,
+        retriever_tower="query", query_all_weight=0.5, temperature=0.02,
+        retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": 2e-4, "warmup_ratio": 0.05,
+                         "save_every": 50, "eval_every": 10**6, "log_every": 10},
+        reader_train={"batch_size": 4, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,
+                      "save_every": 50, "eval_every": 10**6, "log_every": 10},
+        reader_trainable_layers=args.reader_layers, device=args.device)
+    atomic_write_json(out / "iterate_config.json", {"type": "IterateConfig", **dataclasses.asdict(cfg)})
+    result = Loop(cfg).run()
+    print(Path(result["summary"]).read_text(encoding="utf-8"))
+    print(json.dumps(result, indent=2))
+    print(f"equivalent: cora iterate --config {out / 'iterate_config.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
