@@ -6,7 +6,7 @@ Then an overload burst: a second server with ``--timeout-s T`` gets, all at once
 within T at the throughput just measured. Every request must be answered (200) or refused at once (503 with
 Retry-After) within T, and a request sent after the burst must be answered within one T (recovery).
 
-    python benchmarks/serve_load.py --pipeline ~/.cache/cora/demo/pipeline --requests 200 --concurrency 8
+    python benchmarks/serve_load.py --pipeline $CORA_HOME/demo/pipeline --requests 200 --concurrency 8
     python benchmarks/serve_load.py --quick      # tiny random models (< 1 minute)
 
 The questions cycle through cora/resources/sample/questions.jsonl (12 languages). The server runs with its

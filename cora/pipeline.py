@@ -37,7 +37,7 @@ class PipelineConfig:
                 "holds. On XQuAD dev it raised all-languages recall@1 87.2 -> 88.0 but lowered answer F1 with "
                 "projection 30.1 -> 27.7 (fewer English passages to read and project from), so it is off by "
                 "default. Skipped above 1M passages (BM25 in RAM)"})
-    k: int = field(default=10, metadata={"help": "passages read per question"})
+    k: int = field(default=3, metadata={"help": "passages read per question (3: chosen on dev, docs/reader.md)"})
     max_k: int = field(default=100, metadata={"help": "largest k a caller may ask for"})
     projection: bool = field(default=True, metadata={"help": "project answers through language links"})
     projection_method: str = field(default="reread", metadata={"help": "'reread' the linked passage with the "

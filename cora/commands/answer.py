@@ -22,7 +22,7 @@ def register(sub) -> None:
                    help="encode questions with this encoder instead of the index's own: a query tower that shares "
                         "the index's passage tower, e.g. the shipped 'mdpr-me5-small' over a me5-small index")
     c.add_argument("--out", required=True, help="pipeline folder")
-    c.add_argument("--k", type=int, default=10, help="passages read per question (default 10)")
+    c.add_argument("--k", type=int, default=3, help="passages read per question (default 3, chosen on dev sets: docs/reader.md)")
     c.add_argument("--overwrite", action="store_true", help="replace the pipeline.json of an existing --out")
     c.add_argument("--no-projection", action="store_true", help="do not project answers through language links")
     c.add_argument("--hybrid", action="store_true",
