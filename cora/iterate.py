@@ -87,6 +87,10 @@ class IterateConfig:
                                             metadata={"help": "name -> datastore, evaluated only"})
     retrieve_k: int = field(default=100, metadata={"help": "passages retrieved per training question"})
     label_depth: int = field(default=20, metadata={"help": "of those, how many the reader labels"})
+    read_answerless: bool = field(default=True, metadata={
+        "help": "false: the reader labels only passages holding a gold answer; the others are labelled wrong "
+                "unread (what an extractive reader would score on them), so label_depth can be 100 at the cost "
+                "of ~4 reads a question"})
     hard_negatives: int = field(default=3, metadata={"help": "reader-labelled hard negatives kept per question"})
     reader_k: int = field(default=10, metadata={"help": "passages in a reader training context (CORA: 10)"})
     reader_positives: int = field(default=3, metadata={"help": "answer-containing passages sampled (CORA: 3)"})
@@ -104,6 +108,10 @@ class IterateConfig:
     query_all_weight: float = field(default=0.5, metadata={
         "help": "retriever_tower 'query': weight of ranking against all passages vs against the pivot "
                 "language's only (0 for an adapter scoped 'cross-lingual')"})
+    distill_weight: float = field(default=0.0, metadata={
+        "help": "retriever_tower 'query': weight of distilling each training question that has a 'translation' "
+                "(a human translation, e.g. AfriQA's English versions) towards the frozen backbone's vector of it, "
+                "mined positives or not (0 = off; uses data CORA's training questions did not have)"})
     evaluate_main: bool = field(default=True, metadata={
         "help": "also evaluate on the mined datastore (off when eval_datastores already hold the benchmark ones)"})
     query_adapter_scope: str | None = field(default=None, metadata={
@@ -138,6 +146,9 @@ class IterateConfig:
             raise CoraError(f"query_adapter_scope must be 'all' or 'cross-lingual', got {self.query_adapter_scope!r}")
         if self.dev_recall not in ("group", "answer"):
             raise CoraError(f"dev_recall must be 'group' or 'answer', got {self.dev_recall!r}")
+        if self.distill_weight < 0 or (self.distill_weight > 0 and self.retriever_tower != "query"):
+            raise CoraError(f"distill_weight must be >= 0 and needs retriever_tower 'query', got "
+                            f"{self.distill_weight} with {self.retriever_tower!r}")
         if not 0 <= self.reader_positives <= self.reader_k:
             raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
 
@@ -281,7 +292,7 @@ class Loop:
         """Round k's reader labels (cora.mining.label_questions) of the passages round k-1 retrieved."""
         retrieved = Retrieved.load(folder / "retrieved.json")
         save_labels(target, label_questions(self._reader(k - 1), self.train_q, retrieved, self.datastore,
-                                            self.cfg.label_depth))
+                                            self.cfg.label_depth, read_answerless=self.cfg.read_answerless))
 
     def mine(self, k: int, folder: Path) -> Mined:
         """Round k's positives and hard negatives (cora.mining.mine), on top of round k-1's."""
@@ -301,15 +312,16 @@ class Loop:
             p = self.datastore[row]
             return Ctx(p.id, p.title, p.text)
 
+        distill = self.cfg.distill_weight > 0
         out = []
         for q in self.train_q:
             rec = mined.questions[q.id]
-            if not rec.positives:
+            if not rec.positives and not (distill and q.translation):
                 continue
             # The question's own-language positive first: the trainer uses it as the "native" positive.
             out.append(DPRExample(q.question, list(q.answers), q.lang,
                                   [ctx(r) for r in rec.positive_rows(self.datastore, q.lang)], [],
-                                  [ctx(r) for r in rec.hard_negatives]))
+                                  [ctx(r) for r in rec.hard_negatives], q.translation if distill else None))
         return out
 
     def train_retriever(self, k: int, folder: Path, target: Path) -> None:
@@ -333,7 +345,8 @@ class Loop:
             index = DenseIndex.load(self.out / "round_0" / "index")
             vectors = index.passage_vectors()
             task = QueryTowerTask(encoder, examples, tcfg.batch_size, self.datastore, vectors, None,
-                                  self.cfg.temperature, all_weight=self.cfg.query_all_weight)
+                                  self.cfg.temperature, all_weight=self.cfg.query_all_weight,
+                                  distill_weight=self.cfg.distill_weight)
         else:
             task = RetrieverTask(encoder, examples, tcfg.batch_size, None, self.cfg.temperature, dropout=False)
         train(task, tcfg)

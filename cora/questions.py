@@ -40,6 +40,9 @@ class Question:
     # Gold answers in other languages, when known (parallel sets such as XQuAD): used by the CORA loop to accept
     # a language-linked passage as a positive when it contains the answer in its own language.
     answers_by_lang: dict[str, list[str]] = field(default_factory=dict)
+    # A human translation of the question into a pivot language (AfriQA's and XOR-TyDi's English versions), when
+    # a training set has one: the CORA loop can distil its query tower towards it (IterateConfig.distill_weight).
+    translation: str | None = None
 
 
 def read_questions(path: str | os.PathLike) -> list[Question]:
@@ -74,6 +77,10 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
                 if not isinstance(obj[key], str | int):
                     raise DataFormatError(path, line_no, "must be a string", field=key)
                 optional[key] = str(obj[key])
+        if obj.get("translation") is not None:
+            if not isinstance(obj["translation"], str) or not obj["translation"].strip():
+                raise DataFormatError(path, line_no, "must be a non-empty string", field="translation")
+            optional["translation"] = obj["translation"]
         by_lang = obj.get("answers_by_lang") or {}
         if not isinstance(by_lang, dict) or not all(
                 isinstance(v, list) and all(isinstance(a, str) for a in v) for v in by_lang.values()):
@@ -105,7 +112,7 @@ def write_questions(questions: Iterable[Question], path: str | os.PathLike) -> N
 
     def row(q: Question) -> dict:
         out = {"id": q.id, "question": q.question, "lang": q.lang, "answers": q.answers}
-        for key in ("gold_passage", "gold_group"):
+        for key in ("gold_passage", "gold_group", "translation"):
             if getattr(q, key) is not None:
                 out[key] = getattr(q, key)
         if q.answers_by_lang:

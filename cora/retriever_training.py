@@ -296,7 +296,8 @@ class QueryTowerTask:
                     rows.append(datastore.row_of(c.passage_id))
                 except KeyError:
                     unknown += 1
-            if rows:
+            # A question without a positive still teaches the tower through its translation, when distilled.
+            if rows or (distill_weight > 0 and ex.pivot_question):
                 self.items.append((ex.question, ex.lang, sorted(set(rows)), ex.pivot_question))
         if unknown:
             logger.warning("dropped %d positives whose passage is not in the training datastore", unknown)
@@ -338,15 +339,20 @@ class QueryTowerTask:
         enc = self.encoder
         q = enc.embed(enc.tokenize([item[0] for item in batch], "query"), "query")  # [B, D]
         B, N = len(batch), self.P.shape[0]
-        positive = torch.zeros(B, N, dtype=torch.bool)  # [B, N]
-        for i, (_, rows, _, _) in enumerate(batch):
-            positive[i, rows] = True
-        pivot = torch.tensor([self.lang_ids[lang] for _, _, lang, _ in batch])  # [B]
-        in_pivot = self.lang_of.unsqueeze(0) == pivot.unsqueeze(1)  # [B, N]
-        everything = torch.ones(B, N, dtype=torch.bool)  # [B, N]
-        P = self.P.to(q.device)
-        loss = (self.all_weight * multi_positive_loss(q, P, positive, everything, self.temperature)
-                + (1 - self.all_weight) * multi_positive_loss(q, P, positive, in_pivot, self.temperature))  # []
+        # Only questions with a positive have contrastive terms (the others are there for distillation).
+        ranked = [i for i, (_, rows, _, _) in enumerate(batch) if rows]
+        loss = q.sum() * 0.0  # []
+        if ranked:
+            positive = torch.zeros(len(ranked), N, dtype=torch.bool)  # [b, N]
+            for j, i in enumerate(ranked):
+                positive[j, batch[i][1]] = True
+            pivot = torch.tensor([self.lang_ids[batch[i][2]] for i in ranked])  # [b]
+            in_pivot = self.lang_of.unsqueeze(0) == pivot.unsqueeze(1)  # [b, N]
+            everything = torch.ones(len(ranked), N, dtype=torch.bool)  # [b, N]
+            P, qr = self.P.to(q.device), q[ranked]
+            loss = (self.all_weight * multi_positive_loss(qr, P, positive, everything, self.temperature)
+                    + (1 - self.all_weight) * multi_positive_loss(qr, P, positive, in_pivot, self.temperature)
+                    ) * len(ranked) / B  # []
         with_pivot = [i for i, item in enumerate(batch) if item[3] in self.teacher]
         if self.distill_weight > 0 and with_pivot:
             target = torch.stack([self.teacher[batch[i][3]] for i in with_pivot]).to(q.device)  # [b, D]

@@ -15,10 +15,13 @@
 * **Round 0** = the shipped pair: the ``mdpr-me5-small`` query tower over me5-small passage vectors and the
   ``me5-small-reader``. Each round retrains the query tower's LoRA adapter (``retriever_tower: query``: passages
   are never re-encoded) and the top ``--reader-layers`` layers of the reader (a CPU budget) on the mined data.
-* The human translations of the questions (``translated_question``) are **not used**: CORA had none for its
-  training questions, and none exist at test time. ``--with-translations`` is the ablation that adds each
-  training question's English/French translation as an extra training question (translate-train, same answers),
-  never at dev time.
+* The human translations of the questions (``translated_question``) are **not used** by default: CORA had none
+  for its training questions, and none exist at test time. Two ablations use them, at training time only:
+  ``--with-translations`` adds each training question's English/French translation as an extra training question
+  (translate-train, same answers); ``--distill-translations W`` pulls the query tower's vector of each training
+  question towards the frozen backbone's vector of its translation (weight W).
+* ``--skip-answerless`` labels only the passages that hold a gold answer (an extractive reader cannot be right on
+  the others), so ``--label-depth 100`` mines from the top 100 at the cost of ~4 reads a question.
 
 Every step writes one output atomically under ``--out`` (outside git: ``$CORA_HOME/runs/afriqa-loop`` by default),
 so rerunning the same command resumes after the last finished step; no step takes more than about an hour on two
@@ -79,15 +82,16 @@ def build_store(data: Path, out: Path) -> Datastore:
     return Datastore.build(passages, out)
 
 
-def loop_questions(qs: list[afriqa.AfriQAQuestion], split: str, gold: bool, translations: bool = False
-                   ) -> list[Question]:
+def loop_questions(qs: list[afriqa.AfriQAQuestion], split: str, gold: bool, translations: bool = False,
+                   distill: bool = False) -> list[Question]:
     out = []
     for q in qs:
         if not q.answers and not q.pivot_answers:
             continue
         group = q.gold_group if gold else None
         out.append(Question(f"{q.lang}/{split}/{q.id}", q.question, q.lang, q.answers, gold_group=group,
-                            answers_by_lang={q.pivot: q.pivot_answers}))
+                            answers_by_lang={q.pivot: q.pivot_answers},
+                            translation=(q.translated_question.strip() or None) if distill else None))
         if translations and q.translated_question.strip():
             out.append(Question(f"{q.lang}/{split}/{q.id}/translated", q.translated_question, q.pivot,
                                 q.pivot_answers, gold_group=group))
@@ -165,6 +169,12 @@ def main(argv=None) -> int:
     ap.add_argument("--retriever-epochs", type=int, default=2)
     ap.add_argument("--with-translations", action="store_true",
                     help="ablation: add the human translations of the training questions as training questions")
+    ap.add_argument("--skip-answerless", action="store_true",
+                    help="label only the passages holding a gold answer (the rest are hard-negative candidates "
+                         "unread), so --label-depth 100 costs ~4 reads a question")
+    ap.add_argument("--distill-translations", type=float, default=0.0, metavar="W",
+                    help="ablation: distil the query tower towards the frozen backbone's vector of each training "
+                         "question's human translation, with weight W (every training question, mined or not)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--report", action="store_true", help="print the tables of the finished rounds and stop")
     args = ap.parse_args(argv)
@@ -177,7 +187,8 @@ def main(argv=None) -> int:
     store = build_store(data, out / "datastore")
     train = afriqa.questions(data, "train")
     dev = afriqa.questions(data, "dev")
-    write_questions(loop_questions(train, "train", gold=False, translations=args.with_translations),
+    distill = args.distill_translations > 0
+    write_questions(loop_questions(train, "train", gold=False, translations=args.with_translations, distill=distill),
                     out / "train.jsonl")
     write_questions(loop_questions(train, "train", gold=True, translations=args.with_translations),
                     out / "train-gold.jsonl")
@@ -185,9 +196,10 @@ def main(argv=None) -> int:
     cfg = IterateConfig(
         output_dir=str(out / "loop"), datastore=str(store.path), train_questions=str(out / "train.jsonl"),
         dev_questions=str(out / "dev.jsonl"), encoder="mdpr-me5-small", reader="me5-small-reader",
-        rounds=args.rounds, retrieve_k=20, label_depth=args.label_depth, hard_negatives=3, reader_k=4,
+        rounds=args.rounds, retrieve_k=max(20, args.label_depth), label_depth=args.label_depth,
+        read_answerless=not args.skip_answerless, hard_negatives=3, reader_k=4,
         reader_positives=2, eval_k=5, recall_ks=[1, 5, 20], dev_recall="answer", eval_qa_per_lang=args.eval_per_lang,
-        retriever_tower="query", query_all_weight=0.5, temperature=0.02,
+        retriever_tower="query", query_all_weight=0.5, temperature=0.02, distill_weight=args.distill_translations,
         retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": 2e-4, "warmup_ratio": 0.05,
                          "save_every": 50, "eval_every": 10**6, "log_every": 10},
         reader_train={"batch_size": 4, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,

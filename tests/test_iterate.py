@@ -281,3 +281,39 @@ def test_answer_recall_dev_set_without_gold_passages_and_top_layer_reader_rounds
     assert any(not torch.equal(p0, p1) for p0, p1 in zip(lb[-1].parameters(), la[-1].parameters(), strict=True))
     with pytest.raises(CoraError, match="dev_recall"):
         IterateConfig(**{**loop_config, "dev_recall": "passage"})
+
+
+def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_path, monkeypatch):
+    import dataclasses
+
+    import cora.retriever_training as rt
+    from cora.mining import load_labels
+
+    with pytest.raises(CoraError, match="distill_weight"):
+        IterateConfig(**{**loop_config, "distill_weight": 1.0})  # the shared tower has no teacher
+    english = {"nile/de": "where is the nile", "moon/es": "what does the moon orbit"}
+    # A question no passage answers: it mines nothing, and only its translation can teach the tower.
+    unanswerable = Question("mars/de", "wo ist der mars", "de", ["Rot"], answers_by_lang={"en": ["red"]})
+    train = [dataclasses.replace(q, translation=english.get(q.id)) for q in [*TRAIN, unanswerable]]
+    train.append(dataclasses.replace(unanswerable, id="mars/de/2", translation="where is mars"))
+    seen = []
+    real_init = rt.QueryTowerTask.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append((kwargs["distill_weight"], list(self.items)))
+
+    monkeypatch.setattr(rt.QueryTowerTask, "__init__", spy)
+    cfg = IterateConfig(**{**loop_config, "rounds": 1, "retriever_tower": "query", "lora_rank": 4,
+                           "read_answerless": False, "distill_weight": 1.0,
+                           "train_questions": str(_write(tmp_path / "train-t.jsonl", train))})
+    Loop(cfg).run()
+    labels = load_labels(tmp_path / "run" / "round_1" / "labels.jsonl")
+    assert all(lb.prediction == "" for lbs in labels.values() for lb in lbs if not lb.contains)  # never read
+    assert not any(lb.contains for lb in labels["mars/de"])
+    ((weight, items),) = seen
+    pivots = {q: t for q, _, _, t in items}
+    assert weight == 1.0
+    assert pivots["wo ist der nil"] == "where is the nile" and pivots["where is the nile river"] is None
+    # The unanswerable question is trained on only when it has a translation, and then with no positive.
+    assert [(rows, t) for q, _, rows, t in items if q == "wo ist der mars"] == [([], "where is mars")]

@@ -80,3 +80,38 @@ def test_mine_applies_cora_s_rule_expands_groups_and_accumulates(datastore):
     second = mine(2, [q], labels2, datastore, lambda *_: False, hard_negatives=1, previous=first)
     assert set(second.questions[q.id].positives) == set(rec.positives)
     assert second.counts["fallback_questions"] == 1 and second.new_cross_lingual_total == 0
+
+
+class _SpanReader:
+    """An extractive stand-in: answers with a span of the passage (the gold answer when the passage holds it, else
+    the passage's last word), and records what it read."""
+
+    def __init__(self, answers: list[str]):
+        self.answers, self.read_ids = answers, []
+
+    def read(self, question, passages, lang):
+        from types import SimpleNamespace
+
+        (p,) = passages
+        self.read_ids.append(p.id)
+        hit = next((a for a in self.answers if a.lower() in p.text.lower()), None)
+        return SimpleNamespace(text=hit or p.text.split()[-1])
+
+
+def test_labelling_only_answer_holding_passages_gives_the_same_verdicts(datastore):
+    from cora.mining import label_questions
+
+    q = Question("nile/en", "where is the nile river", "en", ["Africa"], answers_by_lang={"de": ["Afrika"]})
+    rows = [datastore.row_of(i) for i in ("moon-en", "nile-de", "tea-es", "nile-en", "solo-en")]
+    retrieved = Retrieved({q.id: rows})
+    full_reader, lean_reader = _SpanReader(["Africa", "Afrika"]), _SpanReader(["Africa", "Afrika"])
+    full = label_questions(full_reader, [q], retrieved, datastore, depth=4, progress=False)
+    lean = label_questions(lean_reader, [q], retrieved, datastore, depth=4, progress=False, read_answerless=False)
+    assert full_reader.read_ids == ["moon-en", "nile-de", "tea-es", "nile-en"]  # depth 4: solo-en is not labelled
+    assert lean_reader.read_ids == ["nile-de", "nile-en"]  # only the passages holding an answer in their language
+    verdict = [(lb.row, lb.lang, lb.correct, lb.contains) for lb in full[0].labels]
+    assert [(lb.row, lb.lang, lb.correct, lb.contains) for lb in lean[0].labels] == verdict
+    assert [lb.correct for lb in lean[0].labels] == [False, True, False, True]
+    assert [lb.prediction for lb in lean[0].labels] == ["", "Afrika", "", "Africa"]  # unread: empty prediction
+    assert mine(1, [q], {q.id: lean[0].labels}, datastore, lambda *_: False, 3).questions[q.id].hard_negatives == \
+        mine(1, [q], {q.id: full[0].labels}, datastore, lambda *_: False, 3).questions[q.id].hard_negatives

@@ -229,3 +229,30 @@ def test_cross_lingual_scope_routes_by_the_datastores_languages(tiny_encoder_dir
         hits = retriever.search(q, k=4, lang=lang)
         np.testing.assert_allclose([h.score for h in hits], np.sort(P @ vector)[::-1][:4], atol=1e-5)
     assert Encoder.from_pretrained(str(tmp_path / "q"), device="cpu").config.query_adapter_scope == "cross-lingual"
+
+
+def test_questions_without_positives_train_only_through_distillation(tiny_encoder_dir, datastore, tmp_path):
+    from cora.losses import distill_loss
+
+    enc = _encoder(tiny_encoder_dir)
+    vectors = passage_vectors(enc, datastore, tmp_path / "cache")
+    ranked = _examples(datastore)[:2]  # the moon question, twice, with its positives
+    unmined = DPRExample("der nil ist ein fluss in afrika", [], "de", [], pivot_question="the nile is a river in africa")
+    # Without distillation an example without positives has nothing to teach: it is dropped.
+    plain = QueryTowerTask(enc, [*ranked, unmined], 2, datastore, vectors, None, temperature=0.1)
+    assert len(plain.items) == 2
+    task = QueryTowerTask(enc, [*ranked, unmined], 3, datastore, vectors, None, temperature=0.1, distill_weight=1.0)
+    assert len(task.items) == 3 and task.items[2][2] == []
+    batch = [(q, rows, lang, pivot) for q, lang, rows, pivot in task.items]
+    with torch.no_grad():
+        got = task.loss(batch).item()
+        q = enc.embed(enc.tokenize([b[0] for b in batch], "query"), "query")
+        positive = torch.zeros(2, len(datastore), dtype=torch.bool)
+        for i in range(2):
+            positive[i, batch[i][1]] = True
+        in_de = torch.tensor([lang == "de" for lang in task.langs]).expand(2, -1)
+        contrastive = (0.5 * multi_positive_loss(q[:2], task.P, positive, torch.ones_like(positive), 0.1)
+                       + 0.5 * multi_positive_loss(q[:2], task.P, positive, in_de, 0.1)) * 2 / 3
+        teacher = task.teacher["the nile is a river in africa"].unsqueeze(0)
+        want = contrastive + distill_loss(q[2:], teacher, 0.1) * 1 / 3
+    assert got == pytest.approx(want.item(), rel=1e-5)
