@@ -30,6 +30,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import statistics
 import sys
 import time
@@ -111,11 +112,28 @@ def choose(passage_rows: list[list[dict]], s: dict) -> tuple[int, str] | None:
     return None if best is None else best[1:]
 
 
-def collect_xquad(args, reader) -> list[dict]:
+def xquad_questions(args) -> list:
+    """XQuAD dev questions: the seeded sample of ``--per-lang`` per language, or with ``--offset N`` a sample of
+    ``--per-lang`` from the questions *outside* the ``N``-per-language sample (held out from a choice made on it)."""
+    if not args.offset:
+        return xquad_dev_examples(args.data, args.per_lang)
+    used = {ex.id for ex in xquad_dev_examples(args.data, args.offset)}
+    rest: dict[str, list] = {}
+    for ex in xquad_dev_examples(args.data):
+        if ex.id not in used:
+            rest.setdefault(ex.question_lang, []).append(ex)
+    rng = random.Random(1)
+    return [ex for lang in rest for ex in rng.sample(rest[lang], min(args.per_lang, len(rest[lang])))]
+
+
+def collect_xquad(args, reader, setting: str = "all-languages") -> list[dict]:
+    """XQuAD dev on the ``all-languages`` or the ``english-only`` store; projection rereads the question-language
+    versions (language links) from the all-languages store, as the pipeline does with its links."""
     retrieval = Path(args.retrieval)
-    store = Datastore(retrieval / "datastore-all-languages")
-    retriever = Retriever.from_pretrained(retrieval / "index-all-languages", store, query_encoder=args.query_encoder)
-    dev = xquad_dev_examples(args.data, args.per_lang)
+    store = Datastore(retrieval / f"datastore-{setting}")
+    links = store if setting == "all-languages" else Datastore(retrieval / "datastore-all-languages")
+    retriever = Retriever.from_pretrained(retrieval / f"index-{setting}", store, query_encoder=args.query_encoder)
+    dev = xquad_questions(args)
     hits = retriever.search_batch([ex.question for ex in dev], k=args.max_k, langs=[ex.question_lang for ex in dev])
     out = []
     for ex, hs in zip(dev, hits, strict=True):
@@ -124,14 +142,15 @@ def collect_xquad(args, reader) -> list[dict]:
         siblings = {}  # passage index -> its question-language siblings (what reread projection reads)
         for i, p in enumerate(passages):
             if p.lang != ex.question_lang:
-                sib = [s for s in store.rows(store.group_rows(p.group)) if s.lang == ex.question_lang]
+                sib = [s for s in links.rows(links.group_rows(p.group)) if s.lang == ex.question_lang]
                 if sib:
                     siblings[i] = sib
         rows = read_rows(reader, ex.question, passages)
         read = {p.id: r for p, r in zip(passages, rows, strict=True)}  # a sibling already retrieved is not reread
         missing = sorted({s.id for sib in siblings.values() for s in sib} - set(read))
-        read.update(zip(missing, read_rows(reader, ex.question, [store.get(i) for i in missing]), strict=True))
-        out.append({"id": ex.id, "set": "xquad", "lang": ex.question_lang, "answers": ex.answers,
+        read.update(zip(missing, read_rows(reader, ex.question, [links.get(i) for i in missing]), strict=True))
+        out.append({"id": ex.id, "set": "xquad" if setting == "all-languages" else f"xquad-{setting}",
+                    "lang": ex.question_lang, "answers": ex.answers,
                     "gold": [p.group == gold for p in passages], "langs": [p.lang for p in passages],
                     "rows": rows, "siblings": {str(i): [read[s.id] for s in sib] for i, sib in siblings.items()}})
     return out
@@ -147,7 +166,7 @@ def collect_afriqa(args, reader) -> list[dict]:
     by_lang: dict[str, list] = {}
     for q in dev:
         by_lang.setdefault(q.lang, []).append(q)
-    dev = [q for lang in AFRIQA_DEV_LANGS for q in by_lang.get(lang, [])[: args.per_lang]]
+    dev = [q for lang in AFRIQA_DEV_LANGS for q in by_lang.get(lang, [])[args.offset : args.offset + args.per_lang]]
     hits = retriever.search_batch([q.question for q in dev], k=args.max_k, langs=[q.lang for q in dev])
     out = []
     for q, hs in zip(dev, hits, strict=True):
@@ -181,14 +200,14 @@ def score(items: list[dict], s: dict, k: int) -> dict:
     gold_read = {}
     for it in items:
         text, from_gold = answer_of(it, s, k)
-        if it["set"] == "xquad":
-            per.setdefault("xquad", {}).setdefault(it["lang"], []).append(score_one(text, it["answers"], it["lang"], "fixed")[0])
+        if it["set"].startswith("xquad"):
+            per.setdefault(it["set"], {}).setdefault(it["lang"], []).append(score_one(text, it["answers"], it["lang"], "fixed")[0])
         else:
             per.setdefault("afriqa-pivot", {}).setdefault(it["lang"], []).append(
                 score_one(text, it["pivot_answers"], it["pivot"], "fixed")[0])
             per.setdefault("afriqa-lang", {}).setdefault(it["lang"], []).append(
                 score_one(text, it["answers"], it["lang"], "fixed")[0])
-        gold_read.setdefault(it["set"], []).append(from_gold)
+        gold_read.setdefault(it["set"].split("-")[0], []).append(from_gold)
     out = {}
     for name, langs in per.items():
         table = {lang: 100 * statistics.fmean(v) for lang, v in langs.items()}
@@ -202,6 +221,27 @@ def objective(result: dict) -> float:
     return (result["xquad"]["macro"] + result["afriqa-pivot"]["macro"]) / 2
 
 
+def report_shipped(args, items: list[dict], ks: list[int], out: Path) -> int:
+    """F1 against k for the reader's own passage-choice settings and for the plain joint argmax, all questions."""
+    config = load_reader(args.reader).config
+    shipped = {key: getattr(config, key) for key in ("rank_prior", "rank_weight", "length_penalty",
+                                                       "max_answer_tokens")}
+    plain = {"rank_prior": 0.0, "rank_weight": 0.0, "length_penalty": 0.0, "max_answer_tokens": 30}
+    report = {"command": "python recipes/reader_selection.py " + " ".join(sys.argv[1:]), "reader": args.reader,
+              "questions": len(items), "shipped": shipped, "by_k": {}}
+    for name, s in (("plain (joint span argmax)", plain), ("shipped settings", shipped)):
+        for k in ks:
+            report["by_k"][f"{name}, k={k}"] = score(items, s, k)
+    (out / "shipped.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    sets = [name for name in next(iter(report["by_k"].values())) if not name.endswith("%")]
+    print(f"{len(items)} questions; shipped settings {shipped}")
+    print(f"{'setting':34} " + " ".join(f"{name:>24}" for name in sets))
+    for name, r in report["by_k"].items():
+        print(f"{name:34} " + " ".join(f"{r[x]['macro']:24.1f}" for x in sets))
+    print(f"wrote {out / 'shipped.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
@@ -210,7 +250,15 @@ def main(argv=None) -> int:
     ap.add_argument("--afriqa", default="runs/afriqa", help="recipes/afriqa.py output (built when missing)")
     ap.add_argument("--query-encoder", default="mdpr-me5-small")
     ap.add_argument("--per-lang", type=int, default=30, help="dev questions per language and set")
-    ap.add_argument("--max-k", type=int, default=20)
+    ap.add_argument("--max-k", type=int, default=20, help="passages read per question (k above it is not scored)")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="held-out check: draw the questions from outside the first OFFSET per language (the "
+                         "sample a --per-lang OFFSET run chose its settings on)")
+    ap.add_argument("--english-only", action="store_true",
+                    help="also read XQuAD dev on the English-only store (projection through language links)")
+    ap.add_argument("--shipped", action="store_true",
+                    help="no grid: score the reader's own settings (reader_config.json) and the plain joint argmax "
+                         "at each k, on all the questions")
     ap.add_argument("--out", default="runs/reader-selection")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -223,8 +271,13 @@ def main(argv=None) -> int:
         reader = load_reader(args.reader)
         t0 = time.time()
         items = collect_xquad(args, reader) + collect_afriqa(args, reader)
+        if args.english_only:
+            items += collect_xquad(args, reader, "english-only")
         print(f"read {len(items)} questions x top {args.max_k} in {time.time() - t0:.0f} s")
         cache.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    ks = [k for k in KS if k <= args.max_k]
+    if args.shipped:
+        return report_shipped(args, items, ks, out)
     has_rank = any(row["rank"] != 0.0 for it in items[:20] for rows in it["rows"] for row in rows)
     plain = {"rank_prior": 0.0, "rank_weight": 0.0, "length_penalty": 0.0, "max_answer_tokens": 30}
     grid = [dict(rank_prior=lam, rank_weight=w, length_penalty=b, max_answer_tokens=m)
@@ -232,7 +285,7 @@ def main(argv=None) -> int:
     halves = {h: [it for it in items if half(it["id"]) == h] for h in "AB"}
     t0 = time.time()
     best_k, best_s, best_obj = None, None, -1.0
-    for k in KS:
+    for k in ks:
         for s in grid:
             obj = objective(score(halves["A"], s, k))
             if obj > best_obj:
@@ -243,7 +296,7 @@ def main(argv=None) -> int:
               "reader": args.reader, "questions": {h: len(v) for h, v in halves.items()},
               "chosen": {"k": best_k, **best_s}, "plain": plain, "by_k": {}}
     for name, s in (("plain (joint span argmax)", plain), ("chosen", best_s)):
-        for k in KS:
+        for k in ks:
             report["by_k"][f"{name}, k={k}"] = {h: score(v, s, k) for h, v in (("A", halves["A"]), ("B", halves["B"]),
                                                                               ("all", items))}
     (out / "selection.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")

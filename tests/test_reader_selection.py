@@ -319,3 +319,22 @@ def test_max_minutes_stops_a_slice_that_resumes(tmp_path):
     train(straight, TrainConfig(str(tmp_path / "straight"), epochs=1, lr=0.1, precision="fp32"))
     resumed = json.loads((tmp_path / "run" / "last" / "w.json").read_text())
     assert torch.allclose(torch.tensor(resumed), straight.model.weight, atol=1e-6)
+
+
+def test_held_out_questions_come_from_outside_the_selection_sample():
+    import argparse
+    import sys
+
+    from .conftest import shared_data
+
+    data = shared_data("xquad")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import reader_selection
+
+    chosen_on = reader_selection.xquad_questions(argparse.Namespace(data=str(data.parent), per_lang=12, offset=0))
+    held_out = reader_selection.xquad_questions(argparse.Namespace(data=str(data.parent), per_lang=20, offset=12))
+    assert len(chosen_on) == 12 * 12 and len(held_out) == 12 * 20
+    assert not {ex.id for ex in chosen_on} & {ex.id for ex in held_out}
+    assert len({ex.id for ex in held_out}) == len(held_out)
+    assert {lang: sum(ex.question_lang == lang for ex in held_out) for lang in {ex.question_lang for ex in held_out}} \
+        == dict.fromkeys({ex.question_lang for ex in chosen_on}, 20)
