@@ -203,10 +203,13 @@ def score(items: list[dict], s: dict, k: int) -> dict:
         if it["set"].startswith("xquad"):
             per.setdefault(it["set"], {}).setdefault(it["lang"], []).append(score_one(text, it["answers"], it["lang"], "fixed")[0])
         else:
-            per.setdefault("afriqa-pivot", {}).setdefault(it["lang"], []).append(
-                score_one(text, it["pivot_answers"], it["pivot"], "fixed")[0])
-            per.setdefault("afriqa-lang", {}).setdefault(it["lang"], []).append(
-                score_one(text, it["answers"], it["lang"], "fixed")[0])
+            # A question with answers on one side only is scored on that side (AfriQA has a few).
+            if it["pivot_answers"]:
+                per.setdefault("afriqa-pivot", {}).setdefault(it["lang"], []).append(
+                    score_one(text, it["pivot_answers"], it["pivot"], "fixed")[0])
+            if it["answers"]:
+                per.setdefault("afriqa-lang", {}).setdefault(it["lang"], []).append(
+                    score_one(text, it["answers"], it["lang"], "fixed")[0])
         gold_read.setdefault(it["set"].split("-")[0], []).append(from_gold)
     out = {}
     for name, langs in per.items():
@@ -254,6 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--offset", type=int, default=0,
                     help="held-out check: draw the questions from outside the first OFFSET per language (the "
                          "sample a --per-lang OFFSET run chose its settings on)")
+    ap.add_argument("--sets", nargs="+", choices=["xquad", "afriqa"], default=["xquad", "afriqa"],
+                    help="dev sets read (the grid search needs both)")
     ap.add_argument("--english-only", action="store_true",
                     help="also read XQuAD dev on the English-only store (projection through language links)")
     ap.add_argument("--shipped", action="store_true",
@@ -261,6 +266,8 @@ def main(argv=None) -> int:
                          "at each k, on all the questions")
     ap.add_argument("--out", default="runs/reader-selection")
     args = ap.parse_args(argv)
+    if not args.shipped and set(args.sets) != {"xquad", "afriqa"}:
+        ap.error("the grid search chooses on XQuAD and AfriQA together: --sets needs both (or use --shipped)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache.json"
@@ -270,7 +277,8 @@ def main(argv=None) -> int:
     else:
         reader = load_reader(args.reader)
         t0 = time.time()
-        items = collect_xquad(args, reader) + collect_afriqa(args, reader)
+        items = (collect_xquad(args, reader) if "xquad" in args.sets else []) + \
+            (collect_afriqa(args, reader) if "afriqa" in args.sets else [])
         if args.english_only:
             items += collect_xquad(args, reader, "english-only")
         print(f"read {len(items)} questions x top {args.max_k} in {time.time() - t0:.0f} s")
