@@ -91,6 +91,9 @@ class IterateConfig:
         "help": "false: the reader labels only passages holding a gold answer; the others are labelled wrong "
                 "unread (what an extractive reader would score on them), so label_depth can be 100 at the cost "
                 "of ~4 reads a question"})
+    fallback_depth: int | None = field(default=None, metadata={
+        "help": "fallback positives (answer present, reader wrong) only from the top N labels; reader-confirmed "
+                "positives from any depth. Default: label_depth"})
     hard_negatives: int = field(default=3, metadata={"help": "reader-labelled hard negatives kept per question"})
     reader_k: int = field(default=10, metadata={"help": "passages in a reader training context (CORA: 10)"})
     reader_positives: int = field(default=3, metadata={"help": "answer-containing passages sampled (CORA: 3)"})
@@ -146,6 +149,8 @@ class IterateConfig:
             raise CoraError(f"query_adapter_scope must be 'all' or 'cross-lingual', got {self.query_adapter_scope!r}")
         if self.dev_recall not in ("group", "answer"):
             raise CoraError(f"dev_recall must be 'group' or 'answer', got {self.dev_recall!r}")
+        if self.fallback_depth is not None and self.fallback_depth < 1:
+            raise CoraError(f"fallback_depth must be >= 1, got {self.fallback_depth}")
         if self.distill_weight < 0 or (self.distill_weight > 0 and self.retriever_tower != "query"):
             raise CoraError(f"distill_weight must be >= 0 and needs retriever_tower 'query', got "
                             f"{self.distill_weight} with {self.retriever_tower!r}")
@@ -303,7 +308,7 @@ class Loop:
 
         previous = Mined.load(self.out / f"round_{k - 1}" / "mined.json") if k > 1 else None
         return mine(k, self.train_q, load_labels(folder / "labels.jsonl"), self.datastore, confirm,
-                    self.cfg.hard_negatives, previous)
+                    self.cfg.hard_negatives, previous, self.cfg.fallback_depth)
 
     def _dpr_examples(self, mined: Mined) -> list:
         from cora.retriever_training import Ctx, DPRExample

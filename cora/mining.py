@@ -58,13 +58,15 @@ class Label:
     contains: bool  # the passage holds a gold answer in its language (contains_answer)
 
 
-def cora_rule(labels: Sequence[Label]) -> tuple[list[int], list[int], bool]:
+def cora_rule(labels: Sequence[Label], fallback_depth: int | None = None) -> tuple[list[int], list[int], bool]:
     """CORA's labelling rule -> (positives, hard negatives, whether the positives are fallbacks).
 
     A correct answer makes a positive; a wrong answer from a passage without the answer, a hard negative; a wrong
-    answer from a passage with the answer, a *fallback* positive, used only when no passage gave a correct one."""
+    answer from a passage with the answer, a *fallback* positive, used only when no passage gave a correct one,
+    and (with ``fallback_depth``) only from the first ``fallback_depth`` labels: deep in a ranking, a passage that
+    merely mentions a short answer is rarely the evidence."""
     reader_pos = [lb.row for lb in labels if lb.correct]
-    fallback = [lb.row for lb in labels if not lb.correct and lb.contains]
+    fallback = [lb.row for lb in labels[:fallback_depth] if not lb.correct and lb.contains]
     negatives = [lb.row for lb in labels if not lb.correct and not lb.contains]
     return (reader_pos or fallback), negatives, not reader_pos and bool(fallback)
 
@@ -227,14 +229,15 @@ def label_questions(reader, questions: Sequence[Question], retrieved: Retrieved,
 
 
 def mine(round_: int, questions: Sequence[Question], labels: Mapping[str, Sequence[Label]], datastore: Datastore,
-         confirm: Callable[[Question, Passage], bool], hard_negatives: int, previous: Mined | None = None) -> Mined:
+         confirm: Callable[[Question, Passage], bool], hard_negatives: int, previous: Mined | None = None,
+         fallback_depth: int | None = None) -> Mined:
     """Round ``round_``'s positives and hard negatives from its labels (:func:`cora_rule`), the gold passage when
     a question names one, and the language-linked versions of the positives (:func:`expand_by_groups`, with
     ``confirm(question, passage)`` asking the reader); merged with the ``previous`` round's positives."""
     out = Mined(round_, {}, {})
     counts, new_pairs = Counter(), Counter()
     for q in questions:
-        positives, negatives, fallback = cora_rule(labels[q.id])
+        positives, negatives, fallback = cora_rule(labels[q.id], fallback_depth)
         counts["reader_positive_questions" if positives and not fallback else
                "fallback_questions" if fallback else "no_positive_questions"] += 1
         sources = {r: ("fallback" if fallback else "reader") for r in positives}

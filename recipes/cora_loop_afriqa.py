@@ -172,6 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-answerless", action="store_true",
                     help="label only the passages holding a gold answer (the rest are hard-negative candidates "
                          "unread), so --label-depth 100 costs ~4 reads a question")
+    ap.add_argument("--fallback-depth", type=int, default=None, metavar="N",
+                    help="fallback positives (answer present, reader wrong) only from the top N (default: all "
+                         "labelled); reader-confirmed positives from any labelled depth")
     ap.add_argument("--distill-translations", type=float, default=0.0, metavar="W",
                     help="ablation: distil the query tower towards the frozen backbone's vector of each training "
                          "question's human translation, with weight W (every training question, mined or not)")
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
         output_dir=str(out / "loop"), datastore=str(store.path), train_questions=str(out / "train.jsonl"),
         dev_questions=str(out / "dev.jsonl"), encoder="mdpr-me5-small", reader="me5-small-reader",
         rounds=args.rounds, retrieve_k=max(20, args.label_depth), label_depth=args.label_depth,
-        read_answerless=not args.skip_answerless, hard_negatives=3, reader_k=4,
+        read_answerless=not args.skip_answerless, fallback_depth=args.fallback_depth, hard_negatives=3, reader_k=4,
         reader_positives=2, eval_k=5, recall_ks=[1, 5, 20], dev_recall="answer", eval_qa_per_lang=args.eval_per_lang,
         retriever_tower="query", query_all_weight=0.5, temperature=0.02, distill_weight=args.distill_translations,
         retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": 2e-4, "warmup_ratio": 0.05,

@@ -38,6 +38,10 @@ def test_cora_rule_positives_negatives_and_fallback():
     # No reader positive: the answer-containing wrong ones become fallback positives.
     assert cora_rule(labels[1:]) == ([6], [7], True)
     assert cora_rule([Label(7, "de", "x", False, False)]) == ([], [7], False)
+    # fallback_depth: fallbacks only from the top N; a reader-confirmed positive counts from any depth.
+    assert cora_rule([labels[2], labels[1]], fallback_depth=1) == ([], [7], False)
+    assert cora_rule([labels[2], labels[1]], fallback_depth=2) == ([6], [7], True)
+    assert cora_rule([labels[2], labels[1], labels[0]], fallback_depth=1) == ([5], [7], False)
 
 
 def test_is_correct_uses_language_aware_normalisation():
