@@ -145,7 +145,9 @@ def _losses(run: Path) -> list[float]:
 
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     for (name, x), (_, y) in zip(a.named_parameters(), b.named_parameters(), strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+        # atol 1e-5: the two runs sum gradients in a different order; on one machine that left a single weight of
+        # 2,048, near zero, 1.6e-6 apart after training (every other within 1e-6).
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ------------------------------------------------------------------------------------------ 2 processes == 1
