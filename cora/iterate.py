@@ -296,7 +296,11 @@ class Loop:
     def label(self, k: int, folder: Path, target: Path) -> None:
         """Round k's reader labels (cora.mining.label_questions) of the passages round k-1 retrieved."""
         retrieved = Retrieved.load(folder / "retrieved.json")
-        save_labels(target, label_questions(self._reader(k - 1), self.train_q, retrieved, self.datastore,
+        reader = self._reader(k - 1)
+        if not self.cfg.read_answerless and reader.config.backend != "extractive":
+            logger.warning("read_answerless is false with a %s reader: passages without the answer string are "
+                           "labelled wrong unread, although a generator could answer from them", reader.config.backend)
+        save_labels(target, label_questions(reader, self.train_q, retrieved, self.datastore,
                                             self.cfg.label_depth, read_answerless=self.cfg.read_answerless))
 
     def mine(self, k: int, folder: Path) -> Mined:
