@@ -115,6 +115,9 @@ class IterateConfig:
         "help": "retriever_tower 'query': weight of distilling each training question that has a 'translation' "
                 "(a human translation, e.g. AfriQA's English versions) towards the frozen backbone's vector of it, "
                 "mined positives or not (0 = off; uses data CORA's training questions did not have)"})
+    distill_mode: str = field(default="vector", metadata={
+        "help": "how distill_weight distils: 'vector' (squared distance to the translation's vector) or 'ranking' "
+                "(KL divergence between the question's and the translation's rankings of the datastore)"})
     evaluate_main: bool = field(default=True, metadata={
         "help": "also evaluate on the mined datastore (off when eval_datastores already hold the benchmark ones)"})
     query_adapter_scope: str | None = field(default=None, metadata={
@@ -154,6 +157,8 @@ class IterateConfig:
         if self.distill_weight < 0 or (self.distill_weight > 0 and self.retriever_tower != "query"):
             raise CoraError(f"distill_weight must be >= 0 and needs retriever_tower 'query', got "
                             f"{self.distill_weight} with {self.retriever_tower!r}")
+        if self.distill_mode not in ("vector", "ranking"):
+            raise CoraError(f"distill_mode must be 'vector' or 'ranking', got {self.distill_mode!r}")
         if not 0 <= self.reader_positives <= self.reader_k:
             raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
 
@@ -355,7 +360,7 @@ class Loop:
             vectors = index.passage_vectors()
             task = QueryTowerTask(encoder, examples, tcfg.batch_size, self.datastore, vectors, None,
                                   self.cfg.temperature, all_weight=self.cfg.query_all_weight,
-                                  distill_weight=self.cfg.distill_weight)
+                                  distill_weight=self.cfg.distill_weight, distill_mode=self.cfg.distill_mode)
         else:
             task = RetrieverTask(encoder, examples, tcfg.batch_size, None, self.cfg.temperature, dropout=False)
         train(task, tcfg)

@@ -68,6 +68,21 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return ((student - teacher.detach()) ** 2).sum(-1).mean() / (2 * temperature)  # []
 
 
+def ranking_distill_loss(student: torch.Tensor, teacher: torch.Tensor, p: torch.Tensor,
+                         temperature: float = 0.05) -> torch.Tensor:
+    """KL(teacher ranking || student ranking) over the passages p: listwise distillation of a ranking.
+
+    student: [B, D] (a question through the trained query tower); teacher: [B, D] (a fixed vector whose ranking
+    the student should reproduce, e.g. the question's human translation through the frozen backbone); p: [N, D]
+    the passages both rank. Each side's ranking is softmax(x . p / temperature); returns the mean over questions
+    of sum_n t_n (log t_n - log s_n). Unlike :func:`distill_loss` it asks only that the student rank the passages
+    as the teacher does, not that it land on the teacher's vector.
+    """
+    log_s = F.log_softmax(student @ p.T / temperature, dim=-1)  # [B, N]
+    log_t = F.log_softmax(teacher.detach() @ p.T / temperature, dim=-1)  # [B, N]
+    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)  # []
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` [b, D] from every process into [world * b, D], rank-major, differentiably.
 

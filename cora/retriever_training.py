@@ -29,7 +29,13 @@ from cora.distributed import rank
 from cora.encoder import Encoder, format_passage
 from cora.errors import DataFormatError
 from cora.evaluation.text import contains_answer
-from cora.losses import contrastive_loss, distill_loss, gather_with_grad, multi_positive_loss
+from cora.losses import (
+    contrastive_loss,
+    distill_loss,
+    gather_with_grad,
+    multi_positive_loss,
+    ranking_distill_loss,
+)
 from cora.questions import Question
 
 logger = logging.getLogger(__name__)
@@ -268,13 +274,17 @@ class QueryTowerTask:
     With ``distill_weight`` > 0, a question whose example names a ``pivot_question`` (its translation, e.g. the
     English original of a parallel set) is also pulled towards the frozen backbone's vector of that translation
     (knowledge distillation, Reimers & Gurevych 2020): a question in any language should retrieve as its English
-    version does, in every datastore, which the contrastive terms alone do not ask for.
+    version does, in every datastore, which the contrastive terms alone do not ask for. ``distill_mode``
+    'vector' (the default) is the squared distance to that vector (:func:`cora.losses.distill_loss`); 'ranking'
+    asks only that the question rank the training passages as its translation does
+    (:func:`cora.losses.ranking_distill_loss`, over all N passages).
     """
 
     def __init__(self, encoder: Encoder, examples: Sequence[DPRExample], batch_size: int, datastore: Datastore,
                  passage_vectors: np.ndarray, dev: tuple[Sequence[Question], Datastore] | None = None,
                  temperature: float = 0.05, dev_pivot: str | None = "en", dev_vectors: np.ndarray | None = None,
-                 distill_weight: float = 0.0, all_weight: float = 0.5, dev_select: str = "mean"):
+                 distill_weight: float = 0.0, all_weight: float = 0.5, dev_select: str = "mean",
+                 distill_mode: str = "vector"):
         if encoder.query_model is None:
             raise ValueError("QueryTowerTask needs an encoder with a query adapter (Encoder.add_query_adapter)")
         if passage_vectors.shape != (len(datastore), encoder.dim):
@@ -286,7 +296,9 @@ class QueryTowerTask:
         lang_ids = {lang: i for i, lang in enumerate(sorted(set(self.langs)))}
         self.lang_of = torch.tensor([lang_ids[x] for x in self.langs])  # [N]
         self.lang_ids = lang_ids
-        self.distill_weight, self.all_weight = distill_weight, all_weight
+        if distill_mode not in ("vector", "ranking"):
+            raise ValueError(f"distill_mode must be 'vector' or 'ranking', not {distill_mode!r}")
+        self.distill_weight, self.all_weight, self.distill_mode = distill_weight, all_weight, distill_mode
         self.items: list[tuple[str, str, list[int], str | None]] = []  # (question, lang, positive rows, pivot q)
         unknown = 0
         for ex in examples:
@@ -356,8 +368,11 @@ class QueryTowerTask:
         with_pivot = [i for i, item in enumerate(batch) if item[3] in self.teacher]
         if self.distill_weight > 0 and with_pivot:
             target = torch.stack([self.teacher[batch[i][3]] for i in with_pivot]).to(q.device)  # [b, D]
-            loss = loss + self.distill_weight * distill_loss(q[with_pivot], target, self.temperature) \
-                * len(with_pivot) / B
+            if self.distill_mode == "ranking":
+                term = ranking_distill_loss(q[with_pivot], target, self.P.to(q.device), self.temperature)
+            else:
+                term = distill_loss(q[with_pivot], target, self.temperature)
+            loss = loss + self.distill_weight * term * len(with_pivot) / B
         return loss
 
     @torch.no_grad()

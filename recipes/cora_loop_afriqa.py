@@ -178,6 +178,10 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-translations", type=float, default=0.0, metavar="W",
                     help="ablation: distil the query tower towards the frozen backbone's vector of each training "
                          "question's human translation, with weight W (every training question, mined or not)")
+    ap.add_argument("--distill-mode", choices=("vector", "ranking"), default="vector",
+                    help="with --distill-translations: 'vector' pulls the question's vector onto the translation's; "
+                         "'ranking' asks the question to rank the datastore as its translation does (KL)")
+    ap.add_argument("--retriever-lr", type=float, default=2e-4, help="learning rate of the query tower's adapter")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--report", action="store_true", help="print the tables of the finished rounds and stop")
     args = ap.parse_args(argv)
@@ -203,7 +207,8 @@ def main(argv=None) -> int:
         read_answerless=not args.skip_answerless, fallback_depth=args.fallback_depth, hard_negatives=3, reader_k=4,
         reader_positives=2, eval_k=5, recall_ks=[1, 5, 20], dev_recall="answer", eval_qa_per_lang=args.eval_per_lang,
         retriever_tower="query", query_all_weight=0.5, temperature=0.02, distill_weight=args.distill_translations,
-        retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": 2e-4, "warmup_ratio": 0.05,
+        distill_mode=args.distill_mode,
+        retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": args.retriever_lr, "warmup_ratio": 0.05,
                          "save_every": 50, "eval_every": 10**6, "log_every": 10},
         reader_train={"batch_size": 4, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,
                       "save_every": 50, "eval_every": 10**6, "log_every": 10},

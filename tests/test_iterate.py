@@ -295,6 +295,8 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
 
     with pytest.raises(CoraError, match="distill_weight"):
         IterateConfig(**{**loop_config, "distill_weight": 1.0})  # the shared tower has no teacher
+    with pytest.raises(CoraError, match="distill_mode"):
+        IterateConfig(**{**loop_config, "distill_mode": "cosine"})
     english = {"nile/de": "where is the nile", "moon/es": "what does the moon orbit"}
     # A question no passage answers: it mines nothing, and only its translation can teach the tower.
     unanswerable = Question("mars/de", "wo ist der mars", "de", ["Rot"], answers_by_lang={"en": ["red"]})

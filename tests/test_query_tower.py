@@ -180,6 +180,20 @@ def test_distill_loss_is_one_minus_cosine_over_temperature():
     assert distill_loss(s, t, 0.05).item() == pytest.approx(((1 - cos) / 0.05).mean().item(), abs=1e-6)
 
 
+def test_ranking_distill_loss_is_kl_between_the_two_rankings():
+    from cora.losses import ranking_distill_loss
+
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    s = torch.tensor([[1.0, 0.0]])
+    t = torch.tensor([[0.0, 1.0]])
+    ps, pt = torch.softmax(s @ p.T / 0.5, -1)[0], torch.softmax(t @ p.T / 0.5, -1)[0]
+    want = sum(pt[n] * (pt[n].log() - ps[n].log()) for n in range(3))
+    assert ranking_distill_loss(s, t, p, 0.5).item() == pytest.approx(want.item(), rel=1e-6)
+    assert ranking_distill_loss(t, t, p, 0.5).item() == pytest.approx(0.0, abs=1e-7)
+    # Only the ranking counts: a student off the teacher's vector but ranking alike costs (almost) nothing.
+    assert ranking_distill_loss(torch.tensor([[-0.01, 1.0]]), t, p, 0.5).item() < 1e-3
+
+
 def test_distillation_pulls_questions_towards_their_pivot(tiny_encoder_dir, datastore, tmp_path):
     english = {"moon": "the moon orbits the earth", "nile": "the nile is a river in africa flowing north",
                "tea": "tea is a drink made from leaves"}
@@ -232,7 +246,7 @@ def test_cross_lingual_scope_routes_by_the_datastores_languages(tiny_encoder_dir
 
 
 def test_questions_without_positives_train_only_through_distillation(tiny_encoder_dir, datastore, tmp_path):
-    from cora.losses import distill_loss
+    from cora.losses import distill_loss, ranking_distill_loss
 
     enc = _encoder(tiny_encoder_dir)
     vectors = passage_vectors(enc, datastore, tmp_path / "cache")
@@ -256,3 +270,11 @@ def test_questions_without_positives_train_only_through_distillation(tiny_encode
         teacher = task.teacher["the nile is a river in africa"].unsqueeze(0)
         want = contrastive + distill_loss(q[2:], teacher, 0.1) * 1 / 3
     assert got == pytest.approx(want.item(), rel=1e-5)
+    ranking = QueryTowerTask(enc, [*ranked, unmined], 3, datastore, vectors, None, temperature=0.1,
+                             distill_weight=2.0, distill_mode="ranking")
+    with torch.no_grad():
+        got = ranking.loss(batch).item()
+        want = contrastive + 2.0 * ranking_distill_loss(q[2:], teacher, task.P, 0.1) * 1 / 3
+    assert got == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="distill_mode"):
+        QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_mode="cosine")
