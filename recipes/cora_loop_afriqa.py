@@ -157,6 +157,24 @@ def report(out: Path) -> str:
     return md
 
 
+def export_best(out: Path, dest: Path) -> int:
+    """Export the query tower of the trained round (>= 1) with the best macro answer-in-top-20 on AfriQA dev."""
+    from train_mdpr import export_query_encoder
+
+    rounds = {}
+    for path in (out / "loop").glob("round_*/metrics.json"):
+        k = int(path.parent.name[6:])
+        if k >= 1:
+            recall = json.loads(path.read_text(encoding="utf-8"))["datastores"]["main"]["recall"]
+            rounds[k] = sum(recall[lang]["R@20"] for lang in afriqa.LANGS) / len(afriqa.LANGS)
+    if not rounds:
+        raise SystemExit(f"{out / 'loop'}: no trained round has finished")
+    best = max(rounds, key=lambda k: (rounds[k], -k))
+    export_query_encoder(out / "loop" / f"round_{best}" / "retriever", dest, "cross-lingual")
+    print(f"round {best} (answer in the top 20, macro {100 * rounds[best]:.1f}) -> {dest}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
@@ -184,12 +202,18 @@ def main(argv=None) -> int:
     ap.add_argument("--retriever-lr", type=float, default=2e-4, help="learning rate of the query tower's adapter")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--report", action="store_true", help="print the tables of the finished rounds and stop")
+    ap.add_argument("--export", metavar="DIR",
+                    help="write the query tower of the finished round with the best dev answer-in-top-20 (macro) "
+                         "as a shipped encoder folder (fp16 adapter, scope 'cross-lingual') and stop, e.g. "
+                         "cora/resources/mdpr-me5-small")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data, out = Path(args.data), Path(args.out).expanduser()
     if args.report:
         print(report(out))
         return 0
+    if args.export:
+        return export_best(out, Path(args.export))
     out.mkdir(parents=True, exist_ok=True)
     store = build_store(data, out / "datastore")
     train = afriqa.questions(data, "train")
