@@ -157,8 +157,9 @@ def report(out: Path) -> str:
     return md
 
 
-def export_best(out: Path, dest: Path) -> int:
-    """Export the query tower of the trained round (>= 1) with the best macro answer-in-top-20 on AfriQA dev."""
+def export_best(out: Path, dest: Path, round_: int | None = None) -> int:
+    """Export the query tower of the trained round (>= 1) with the best macro answer-in-top-20 on AfriQA dev, or of
+    round ``round_``."""
     from train_mdpr import export_query_encoder
 
     rounds = {}
@@ -169,7 +170,9 @@ def export_best(out: Path, dest: Path) -> int:
             rounds[k] = sum(recall[lang]["R@20"] for lang in afriqa.LANGS) / len(afriqa.LANGS)
     if not rounds:
         raise SystemExit(f"{out / 'loop'}: no trained round has finished")
-    best = max(rounds, key=lambda k: (rounds[k], -k))
+    if round_ is not None and round_ not in rounds:
+        raise SystemExit(f"{out / 'loop'}: round {round_} has not finished (finished: {sorted(rounds)})")
+    best = round_ if round_ is not None else max(rounds, key=lambda k: (rounds[k], -k))
     export_query_encoder(out / "loop" / f"round_{best}" / "retriever", dest, "cross-lingual")
     print(f"round {best} (answer in the top 20, macro {100 * rounds[best]:.1f}) -> {dest}")
     return 0
@@ -206,6 +209,7 @@ def main(argv=None) -> int:
                     help="write the query tower of the finished round with the best dev answer-in-top-20 (macro) "
                          "as a shipped encoder folder (fp16 adapter, scope 'cross-lingual') and stop, e.g. "
                          "cora/resources/mdpr-me5-small")
+    ap.add_argument("--export-round", type=int, metavar="N", help="with --export: this round instead of the best")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data, out = Path(args.data), Path(args.out).expanduser()
@@ -213,7 +217,7 @@ def main(argv=None) -> int:
         print(report(out))
         return 0
     if args.export:
-        return export_best(out, Path(args.export))
+        return export_best(out, Path(args.export), args.export_round)
     out.mkdir(parents=True, exist_ok=True)
     store = build_store(data, out / "datastore")
     train = afriqa.questions(data, "train")
