@@ -118,6 +118,10 @@ class IterateConfig:
     distill_mode: str = field(default="vector", metadata={
         "help": "how distill_weight distils: 'vector' (squared distance to the translation's vector) or 'ranking' "
                 "(KL divergence between the question's and the translation's rankings of the datastore)"})
+    distill_questions: str | None = field(default=None, metadata={
+        "help": "with distill_weight > 0: JSONL of more questions, each with a 'translation', used only to distil "
+                "the query tower (never retrieved for, labelled or mined), e.g. training questions without an "
+                "answer, which cannot be mined but can still learn to rank as their translation does"})
     evaluate_main: bool = field(default=True, metadata={
         "help": "also evaluate on the mined datastore (off when eval_datastores already hold the benchmark ones)"})
     query_adapter_scope: str | None = field(default=None, metadata={
@@ -159,6 +163,8 @@ class IterateConfig:
                             f"{self.distill_weight} with {self.retriever_tower!r}")
         if self.distill_mode not in ("vector", "ranking"):
             raise CoraError(f"distill_mode must be 'vector' or 'ranking', got {self.distill_mode!r}")
+        if self.distill_questions and self.distill_weight <= 0:
+            raise CoraError("distill_questions needs distill_weight > 0 (they train only through distillation)")
         if not 0 <= self.reader_positives <= self.reader_k:
             raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
 
@@ -189,6 +195,11 @@ class Loop:
                 raise CoraError(f"{path}: question {missing[0]!r} has no 'lang' (needed to score it)")
         if not self.train_q:
             raise CoraError(f"{cfg.train_questions}: no training questions")
+        self.distill_q = read_questions(cfg.distill_questions) if cfg.distill_questions else []
+        untranslated = [q.id for q in self.distill_q if not q.translation]
+        if untranslated:
+            raise CoraError(f"{cfg.distill_questions}: question {untranslated[0]!r} has no 'translation' (distillation "
+                            "questions teach the tower only through it)")
         if cfg.dev_recall == "group" and any(q.gold_group is None for q in self.dev_q):
             raise CoraError(f"{cfg.dev_questions}: every dev question needs a 'gold_group' (recall is measured "
                             "on it; or set dev_recall 'answer')")
@@ -336,6 +347,8 @@ class Loop:
             out.append(DPRExample(q.question, list(q.answers), q.lang,
                                   [ctx(r) for r in rec.positive_rows(self.datastore, q.lang)], [],
                                   [ctx(r) for r in rec.hard_negatives], q.translation if distill else None))
+        # Distillation-only questions: no positives, only their translation's ranking to learn from.
+        out += [DPRExample(q.question, list(q.answers), q.lang, [], [], [], q.translation) for q in self.distill_q]
         return out
 
     def train_retriever(self, k: int, folder: Path, target: Path) -> None:

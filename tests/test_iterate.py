@@ -310,11 +310,21 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
         seen.append((kwargs["distill_weight"], list(self.items)))
 
     monkeypatch.setattr(rt.QueryTowerTask, "__init__", spy)
+    # A question with no answer at all, given only for distillation: never retrieved for, labelled or mined.
+    sun = Question("sun/de", "wo ist die sonne", "de", [], translation="where is the sun")
+    distill_file = str(_write(tmp_path / "distill.jsonl", [sun]))
+    with pytest.raises(CoraError, match="distill_questions needs distill_weight"):
+        IterateConfig(**{**loop_config, "distill_questions": distill_file})
+    untranslated = str(_write(tmp_path / "distill-bad.jsonl", [dataclasses.replace(sun, translation=None)]))
+    with pytest.raises(CoraError, match=r"distill-bad.jsonl: question 'sun/de' has no 'translation'"):
+        Loop(IterateConfig(**{**loop_config, "retriever_tower": "query", "distill_weight": 1.0,
+                              "distill_questions": untranslated}))
     cfg = IterateConfig(**{**loop_config, "rounds": 1, "retriever_tower": "query", "lora_rank": 4,
-                           "read_answerless": False, "distill_weight": 1.0,
+                           "read_answerless": False, "distill_weight": 1.0, "distill_questions": distill_file,
                            "train_questions": str(_write(tmp_path / "train-t.jsonl", train))})
     Loop(cfg).run()
     labels = load_labels(tmp_path / "run" / "round_1" / "labels.jsonl")
+    assert "sun/de" not in labels
     assert all(lb.prediction == "" for lbs in labels.values() for lb in lbs if not lb.contains)  # never read
     assert not any(lb.contains for lb in labels["mars/de"])
     ((weight, items),) = seen
@@ -323,3 +333,4 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
     assert pivots["wo ist der nil"] == "where is the nile" and pivots["where is the nile river"] is None
     # The unanswerable question is trained on only when it has a translation, and then with no positive.
     assert [(rows, t) for q, _, rows, t in items if q == "wo ist der mars"] == [([], "where is mars")]
+    assert [(rows, t) for q, _, rows, t in items if q == "wo ist die sonne"] == [([], "where is the sun")]
