@@ -10,6 +10,9 @@ choosing). ``--oracle`` trains on the gold passages instead of the mined ones: h
     python recipes/afriqa_tower_probe.py --run $CORA_HOME/runs/afriqa-loop-d100 --name mined-e8 --epochs 8 --lr 5e-4
     python recipes/afriqa_tower_probe.py --run ... --name rank1-e8 --epochs 8 --lr 5e-4 --distill 1 --mode ranking
 
+The tower retrained is the run's round-0 encoder as its config names it; a shipped name (``mdpr-me5-small``) means
+the tower that ships *now*, so pass ``--encoder`` with the folder the run started from once that has changed.
+
 Each result is one JSON line appended to ``<run>/probe/results.jsonl``.
 """
 
@@ -61,6 +64,12 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("vector", "ranking"), default="ranking")
     ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
     ap.add_argument("--oracle", action="store_true", help="train on the gold passages instead of mined positives")
+    ap.add_argument("--encoder", help="the tower to retrain (default: the run's round-0 encoder as its config names "
+                                      "it; a shipped name such as mdpr-me5-small means whatever ships now, so pass "
+                                      "the tower the run started from when that has changed)")
+    ap.add_argument("--distill-unanswerable", action="store_true",
+                    help="with --distill: also distil the training questions that have no answer (they have "
+                         "translations; distillation needs no answer)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from cora.encoder import Encoder
@@ -72,13 +81,14 @@ def main(argv=None) -> int:
     run = Path(args.run).expanduser()
     fields = json.loads((run / "iterate_config.json").read_text(encoding="utf-8"))
     fields.pop("type")
-    fields |= {"distill_weight": args.distill, "distill_mode": args.mode,
+    fields |= {"encoder": args.encoder or fields["encoder"], "distill_weight": args.distill,
+               "distill_mode": args.mode,
                "retriever_train": {**fields["retriever_train"], "epochs": args.epochs, "lr": args.lr}}
     cfg = config_from_dict(IterateConfig, fields, str(run / "iterate_config.json"))
     loop = Loop(cfg)
     # Every training question's human translation, whether or not the run was started with them.
-    translations = {f"{q.lang}/train/{q.id}": q.translated_question.strip() or None
-                    for q in afriqa.questions(Path(args.data), "train")}
+    afriqa_train = afriqa.questions(Path(args.data), "train")
+    translations = {f"{q.lang}/train/{q.id}": q.translated_question.strip() or None for q in afriqa_train}
     loop.train_q = [dataclasses.replace(q, translation=translations.get(q.id)) for q in loop.train_q]
     gold = {q.id: q.gold_group for q in read_questions(run / "train-gold.jsonl")}
     tune = [q for q in loop.train_q if held_out(q.id, gold)]
@@ -97,6 +107,12 @@ def main(argv=None) -> int:
                     for q in loop.train_q if gold.get(q.id) in rows_of]
     else:
         examples = loop._dpr_examples(Mined.load(run / "loop" / "round_1" / "mined.json"))
+    if args.distill_unanswerable and args.distill > 0:
+        answerless = [q for q in afriqa_train
+                      if not q.answers and not q.pivot_answers and q.translated_question.strip()]
+        examples += [DPRExample(q.question, [], q.lang, [], [], [], q.translated_question.strip())
+                     for q in answerless]
+        logging.info("+ %d answerless training questions, for distillation only", len(answerless))
     out = run / "probe" / args.name
     logging.info("%d training examples, %d held-out questions", len(examples), len(tune))
     start = time.time()
@@ -110,7 +126,8 @@ def main(argv=None) -> int:
                               distill_mode=args.mode)
         train(task, tcfg)
     retriever = Retriever(encoder, index, loop.datastore)
-    result = {"name": args.name, "options": {k: v for k, v in vars(args).items() if k not in ("run", "data")},
+    result = {"name": args.name, "options": {k: v for k, v in vars(args).items() if k not in ("run", "data")}
+              | {"encoder": cfg.encoder},
               "train_s": round(time.time() - start)}
     for split, questions in (("tune", tune), ("dev", loop.dev_q)):
         per_lang = answer_recall(retriever, questions)

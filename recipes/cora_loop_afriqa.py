@@ -19,7 +19,9 @@
   for its training questions, and none exist at test time. Two ablations use them, at training time only:
   ``--with-translations`` adds each training question's English/French translation as an extra training question
   (translate-train, same answers); ``--distill-translations W`` pulls the query tower's vector of each training
-  question towards the frozen backbone's vector of its translation (weight W).
+  question towards the frozen backbone's vector of its translation (weight W; ``--distill-mode ranking``: towards
+  its ranking of the datastore); ``--distill-answerless`` also distils the 1,666 training questions that have no
+  answer (they cannot be mined).
 * ``--skip-answerless`` labels only the passages that hold a gold answer (an extractive reader cannot be right on
   the others), so ``--label-depth 100`` mines from the top 100 at the cost of ~4 reads a question.
 
@@ -202,7 +204,13 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-mode", choices=("vector", "ranking"), default="vector",
                     help="with --distill-translations: 'vector' pulls the question's vector onto the translation's; "
                          "'ranking' asks the question to rank the datastore as its translation does (KL)")
+    ap.add_argument("--distill-answerless", action="store_true",
+                    help="with --distill-translations: also distil the training questions that have no answer (they "
+                         "cannot be mined, but have translations); written to <out>/distill.jsonl")
     ap.add_argument("--retriever-lr", type=float, default=2e-4, help="learning rate of the query tower's adapter")
+    ap.add_argument("--encoder", default="mdpr-me5-small",
+                    help="round 0's retriever encoder: a shipped name or a folder (the documented runs started from "
+                         "the tower shipped before them, which git keeps at commit 14877b2)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--report", action="store_true", help="print the tables of the finished rounds and stop")
     ap.add_argument("--export", metavar="DIR",
@@ -223,19 +231,27 @@ def main(argv=None) -> int:
     train = afriqa.questions(data, "train")
     dev = afriqa.questions(data, "dev")
     distill = args.distill_translations > 0
+    if args.distill_answerless and not distill:
+        ap.error("--distill-answerless needs --distill-translations W (> 0)")
     write_questions(loop_questions(train, "train", gold=False, translations=args.with_translations, distill=distill),
                     out / "train.jsonl")
     write_questions(loop_questions(train, "train", gold=True, translations=args.with_translations),
                     out / "train-gold.jsonl")
     write_questions(loop_questions(dev, "dev", gold=True), out / "dev.jsonl")
+    if args.distill_answerless:
+        answerless = [q for q in train if not q.answers and not q.pivot_answers and q.translated_question.strip()]
+        write_questions([Question(f"{q.lang}/train/{q.id}", q.question, q.lang, [],
+                                  translation=q.translated_question.strip()) for q in answerless],
+                        out / "distill.jsonl")
     cfg = IterateConfig(
         output_dir=str(out / "loop"), datastore=str(store.path), train_questions=str(out / "train.jsonl"),
-        dev_questions=str(out / "dev.jsonl"), encoder="mdpr-me5-small", reader="me5-small-reader",
+        dev_questions=str(out / "dev.jsonl"), encoder=args.encoder, reader="me5-small-reader",
         rounds=args.rounds, retrieve_k=max(20, args.label_depth), label_depth=args.label_depth,
         read_answerless=not args.skip_answerless, fallback_depth=args.fallback_depth, hard_negatives=3, reader_k=4,
         reader_positives=2, eval_k=5, recall_ks=[1, 5, 20], dev_recall="answer", eval_qa_per_lang=args.eval_per_lang,
         retriever_tower="query", query_all_weight=0.5, temperature=0.02, distill_weight=args.distill_translations,
         distill_mode=args.distill_mode,
+        distill_questions=str(out / "distill.jsonl") if args.distill_answerless else None,
         retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": args.retriever_lr, "warmup_ratio": 0.05,
                          "save_every": 50, "eval_every": 10**6, "log_every": 10},
         reader_train={"batch_size": 4, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,
