@@ -137,6 +137,7 @@ def export_query_encoder(best: Path, dest: Path, scope: str) -> None:
     from safetensors.torch import load_file, save_file
 
     from cora.encoder import ENCODER_CONFIG_FILE, QUERY_ADAPTER_DIR
+    from cora.fileio import apply_umask
 
     config = json.loads((best / ENCODER_CONFIG_FILE).read_text(encoding="utf-8"))
     if not config.get("query_adapter"):
@@ -152,6 +153,7 @@ def export_query_encoder(best: Path, dest: Path, scope: str) -> None:
     weights = load_file(str(best / QUERY_ADAPTER_DIR / "adapter_model.safetensors"))
     save_file({k: v.half().contiguous() for k, v in weights.items()},
               str(tmp / QUERY_ADAPTER_DIR / "adapter_model.safetensors"))
+    apply_umask(tmp)  # safetensors writes 0600 whatever the umask
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
