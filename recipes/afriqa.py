@@ -115,6 +115,11 @@ def questions(root: str | Path, split: str = "dev", langs=None) -> list[AfriQAQu
     return out
 
 
+def answerless_translated(qs: list[AfriQAQuestion]) -> list[AfriQAQuestion]:
+    """The questions without any answer that have a human translation: they cannot be mined, but can be distilled."""
+    return [q for q in qs if not q.answers and not q.pivot_answers and q.translated_question.strip()]
+
+
 def build_store(root: str | Path, out: str | Path) -> Datastore:
     """The English/French datastore of every AfriQA train and dev gold passage (one copy of each text)."""
     out = Path(out)

@@ -108,8 +108,7 @@ def main(argv=None) -> int:
     else:
         examples = loop._dpr_examples(Mined.load(run / "loop" / "round_1" / "mined.json"))
     if args.distill_unanswerable and args.distill > 0:
-        answerless = [q for q in afriqa_train
-                      if not q.answers and not q.pivot_answers and q.translated_question.strip()]
+        answerless = afriqa.answerless_translated(afriqa_train)
         examples += [DPRExample(q.question, [], q.lang, [], [], [], q.translated_question.strip())
                      for q in answerless]
         logging.info("+ %d answerless training questions, for distillation only", len(answerless))

@@ -239,9 +239,9 @@ def main(argv=None) -> int:
                     out / "train-gold.jsonl")
     write_questions(loop_questions(dev, "dev", gold=True), out / "dev.jsonl")
     if args.distill_answerless:
-        answerless = [q for q in train if not q.answers and not q.pivot_answers and q.translated_question.strip()]
         write_questions([Question(f"{q.lang}/train/{q.id}", q.question, q.lang, [],
-                                  translation=q.translated_question.strip()) for q in answerless],
+                                  translation=q.translated_question.strip())
+                         for q in afriqa.answerless_translated(train)],
                         out / "distill.jsonl")
     cfg = IterateConfig(
         output_dir=str(out / "loop"), datastore=str(store.path), train_questions=str(out / "train.jsonl"),
