@@ -118,6 +118,8 @@ class IterateConfig:
     distill_mode: str = field(default="vector", metadata={
         "help": "how distill_weight distils: 'vector' (squared distance to the translation's vector) or 'ranking' "
                 "(KL divergence between the question's and the translation's rankings of the datastore)"})
+    distill_temperature: float | None = field(default=None, metadata={
+        "help": "distill_mode 'ranking': softmax temperature of both rankings (default: temperature)"})
     distill_questions: str | None = field(default=None, metadata={
         "help": "with distill_weight > 0: JSONL of more questions, each with a 'translation', used only to distil "
                 "the query tower (never retrieved for, labelled or mined), e.g. training questions without an "
@@ -163,6 +165,8 @@ class IterateConfig:
                             f"{self.distill_weight} with {self.retriever_tower!r}")
         if self.distill_mode not in ("vector", "ranking"):
             raise CoraError(f"distill_mode must be 'vector' or 'ranking', got {self.distill_mode!r}")
+        if self.distill_temperature is not None and self.distill_temperature <= 0:
+            raise CoraError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.distill_questions and self.distill_weight <= 0:
             raise CoraError("distill_questions needs distill_weight > 0 (they train only through distillation)")
         if not 0 <= self.reader_positives <= self.reader_k:
@@ -373,7 +377,8 @@ class Loop:
             vectors = index.passage_vectors()
             task = QueryTowerTask(encoder, examples, tcfg.batch_size, self.datastore, vectors, None,
                                   self.cfg.temperature, all_weight=self.cfg.query_all_weight,
-                                  distill_weight=self.cfg.distill_weight, distill_mode=self.cfg.distill_mode)
+                                  distill_weight=self.cfg.distill_weight, distill_mode=self.cfg.distill_mode,
+                                  distill_temperature=self.cfg.distill_temperature)
         else:
             task = RetrieverTask(encoder, examples, tcfg.batch_size, None, self.cfg.temperature, dropout=False)
         train(task, tcfg)

@@ -277,14 +277,16 @@ class QueryTowerTask:
     version does, in every datastore, which the contrastive terms alone do not ask for. ``distill_mode``
     'vector' (the default) is the squared distance to that vector (:func:`cora.losses.distill_loss`); 'ranking'
     asks only that the question rank the training passages as its translation does
-    (:func:`cora.losses.ranking_distill_loss`, over all N passages).
+    (:func:`cora.losses.ranking_distill_loss`, over all N passages), both rankings softmaxed at
+    ``distill_temperature`` (default: ``temperature``; a higher one passes on more of the teacher's ranking below
+    its first few passages).
     """
 
     def __init__(self, encoder: Encoder, examples: Sequence[DPRExample], batch_size: int, datastore: Datastore,
                  passage_vectors: np.ndarray, dev: tuple[Sequence[Question], Datastore] | None = None,
                  temperature: float = 0.05, dev_pivot: str | None = "en", dev_vectors: np.ndarray | None = None,
                  distill_weight: float = 0.0, all_weight: float = 0.5, dev_select: str = "mean",
-                 distill_mode: str = "vector"):
+                 distill_mode: str = "vector", distill_temperature: float | None = None):
         if encoder.query_model is None:
             raise ValueError("QueryTowerTask needs an encoder with a query adapter (Encoder.add_query_adapter)")
         if passage_vectors.shape != (len(datastore), encoder.dim):
@@ -298,7 +300,10 @@ class QueryTowerTask:
         self.lang_ids = lang_ids
         if distill_mode not in ("vector", "ranking"):
             raise ValueError(f"distill_mode must be 'vector' or 'ranking', not {distill_mode!r}")
+        if distill_temperature is not None and distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, not {distill_temperature}")
         self.distill_weight, self.all_weight, self.distill_mode = distill_weight, all_weight, distill_mode
+        self.distill_temperature = temperature if distill_temperature is None else distill_temperature
         self.items: list[tuple[str, str, list[int], str | None]] = []  # (question, lang, positive rows, pivot q)
         unknown = 0
         for ex in examples:
@@ -369,7 +374,7 @@ class QueryTowerTask:
         if self.distill_weight > 0 and with_pivot:
             target = torch.stack([self.teacher[batch[i][3]] for i in with_pivot]).to(q.device)  # [b, D]
             if self.distill_mode == "ranking":
-                term = ranking_distill_loss(q[with_pivot], target, self.P.to(q.device), self.temperature)
+                term = ranking_distill_loss(q[with_pivot], target, self.P.to(q.device), self.distill_temperature)
             else:
                 term = distill_loss(q[with_pivot], target, self.temperature)
             loss = loss + self.distill_weight * term * len(with_pivot) / B

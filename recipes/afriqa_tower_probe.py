@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--distill", type=float, default=0.0, help="distillation weight towards the translations")
     ap.add_argument("--mode", choices=("vector", "ranking"), default="ranking")
+    ap.add_argument("--distill-temperature", type=float,
+                    help="--mode ranking: softmax temperature of both rankings (default: the run's temperature)")
     ap.add_argument("--data", default=str(HERE.parents[1] / "shared" / "data"))
     ap.add_argument("--oracle", action="store_true", help="train on the gold passages instead of mined positives")
     ap.add_argument("--encoder", help="the tower to retrain (default: the run's round-0 encoder as its config names "
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     fields = json.loads((run / "iterate_config.json").read_text(encoding="utf-8"))
     fields.pop("type")
     fields |= {"encoder": args.encoder or fields["encoder"], "distill_weight": args.distill,
-               "distill_mode": args.mode,
+               "distill_mode": args.mode, "distill_temperature": args.distill_temperature,
                "retriever_train": {**fields["retriever_train"], "epochs": args.epochs, "lr": args.lr}}
     cfg = config_from_dict(IterateConfig, fields, str(run / "iterate_config.json"))
     loop = Loop(cfg)
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
                                 "retriever_train")
         task = QueryTowerTask(encoder, examples, tcfg.batch_size, loop.datastore, index.passage_vectors(), None,
                               cfg.temperature, all_weight=cfg.query_all_weight, distill_weight=args.distill,
-                              distill_mode=args.mode)
+                              distill_mode=args.mode, distill_temperature=cfg.distill_temperature)
         train(task, tcfg)
     retriever = Retriever(encoder, index, loop.datastore)
     result = {"name": args.name, "options": {k: v for k, v in vars(args).items() if k not in ("run", "data")}

@@ -204,6 +204,9 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-mode", choices=("vector", "ranking"), default="vector",
                     help="with --distill-translations: 'vector' pulls the question's vector onto the translation's; "
                          "'ranking' asks the question to rank the datastore as its translation does (KL)")
+    ap.add_argument("--distill-temperature", type=float, metavar="T",
+                    help="with --distill-mode ranking: softmax temperature of both rankings (default 0.02, the "
+                         "contrastive one)")
     ap.add_argument("--distill-answerless", action="store_true",
                     help="with --distill-translations: also distil the training questions that have no answer (they "
                          "cannot be mined, but have translations); written to <out>/distill.jsonl")
@@ -250,7 +253,7 @@ def main(argv=None) -> int:
         read_answerless=not args.skip_answerless, fallback_depth=args.fallback_depth, hard_negatives=3, reader_k=4,
         reader_positives=2, eval_k=5, recall_ks=[1, 5, 20], dev_recall="answer", eval_qa_per_lang=args.eval_per_lang,
         retriever_tower="query", query_all_weight=0.5, temperature=0.02, distill_weight=args.distill_translations,
-        distill_mode=args.distill_mode,
+        distill_mode=args.distill_mode, distill_temperature=args.distill_temperature,
         distill_questions=str(out / "distill.jsonl") if args.distill_answerless else None,
         retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": args.retriever_lr, "warmup_ratio": 0.05,
                          "save_every": 50, "eval_every": 10**6, "log_every": 10},

@@ -297,6 +297,8 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
         IterateConfig(**{**loop_config, "distill_weight": 1.0})  # the shared tower has no teacher
     with pytest.raises(CoraError, match="distill_mode"):
         IterateConfig(**{**loop_config, "distill_mode": "cosine"})
+    with pytest.raises(CoraError, match="distill_temperature"):
+        IterateConfig(**{**loop_config, "distill_temperature": -1.0})
     english = {"nile/de": "where is the nile", "moon/es": "what does the moon orbit"}
     # A question no passage answers: it mines nothing, and only its translation can teach the tower.
     unanswerable = Question("mars/de", "wo ist der mars", "de", ["Rot"], answers_by_lang={"en": ["red"]})
@@ -307,7 +309,7 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
 
     def spy(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
-        seen.append((kwargs["distill_weight"], list(self.items)))
+        seen.append((kwargs["distill_weight"], self.distill_temperature, list(self.items)))
 
     monkeypatch.setattr(rt.QueryTowerTask, "__init__", spy)
     # A question with no answer at all, given only for distillation: never retrieved for, labelled or mined.
@@ -321,15 +323,15 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
                               "distill_questions": untranslated}))
     cfg = IterateConfig(**{**loop_config, "rounds": 1, "retriever_tower": "query", "lora_rank": 4,
                            "read_answerless": False, "distill_weight": 1.0, "distill_questions": distill_file,
-                           "train_questions": str(_write(tmp_path / "train-t.jsonl", train))})
+                           "distill_temperature": 0.3, "train_questions": str(_write(tmp_path / "train-t.jsonl", train))})
     Loop(cfg).run()
     labels = load_labels(tmp_path / "run" / "round_1" / "labels.jsonl")
     assert "sun/de" not in labels
     assert all(lb.prediction == "" for lbs in labels.values() for lb in lbs if not lb.contains)  # never read
     assert not any(lb.contains for lb in labels["mars/de"])
-    ((weight, items),) = seen
+    ((weight, distill_temperature, items),) = seen
     pivots = {q: t for q, _, _, t in items}
-    assert weight == 1.0
+    assert weight == 1.0 and distill_temperature == 0.3
     assert pivots["wo ist der nil"] == "where is the nile" and pivots["where is the nile river"] is None
     # The unanswerable question is trained on only when it has a translation, and then with no positive.
     assert [(rows, t) for q, _, rows, t in items if q == "wo ist der mars"] == [([], "where is mars")]

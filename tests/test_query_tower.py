@@ -276,5 +276,15 @@ def test_questions_without_positives_train_only_through_distillation(tiny_encode
         got = ranking.loss(batch).item()
         want = contrastive + 2.0 * ranking_distill_loss(q[2:], teacher, task.P, 0.1) * 1 / 3
     assert got == pytest.approx(want.item(), rel=1e-5)
+    softer = QueryTowerTask(enc, [*ranked, unmined], 3, datastore, vectors, None, temperature=0.1,
+                            distill_weight=2.0, distill_mode="ranking", distill_temperature=0.5)
+    with torch.no_grad():
+        got = softer.loss(batch).item()
+        want = contrastive + 2.0 * ranking_distill_loss(q[2:], teacher, task.P, 0.5) * 1 / 3
+    assert got == pytest.approx(want.item(), rel=1e-5)
+    assert ranking_distill_loss(q[2:], teacher, task.P, 0.5) != pytest.approx(
+        ranking_distill_loss(q[2:], teacher, task.P, 0.1).item(), rel=1e-3)
     with pytest.raises(ValueError, match="distill_mode"):
         QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_mode="cosine")
+    with pytest.raises(ValueError, match="distill_temperature"):
+        QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_temperature=0.0)
