@@ -29,3 +29,20 @@ def test_translation_ablation_adds_the_pivot_question():
     assert [(q.id, q.lang, q.answers) for q in qs] == [("hau/train/7", "hau", ["ENIAC"]),
                                                        ("hau/train/7/translated", "en", ["ENIAC"])]
     assert qs[1].question == "What was the name of the first computer?"
+
+
+def test_teacher_ceiling_counts_an_answer_in_any_language_within_the_cut_off():
+    import afriqa_teacher_ceiling
+
+    from cora.questions import Question
+
+    texts = ["nothing here", "the ENIAC was built in 1945", "Paris est la capitale"]
+    qs = [Question("hau/dev/1", "Menene?", "hau", ["ENIAC"]),
+          Question("hau/dev/2", "Menene kuma?", "hau", ["ENIAC"]),
+          Question("wol/dev/3", "Fan la?", "wol", ["Parii"], answers_by_lang={"fr": ["Paris"]}),
+          Question("wol/dev/4", "Fan la kat?", "wol", ["Parii"], answers_by_lang={"fr": ["Paris"]})]
+    at = lambda row, rank: [0] * (rank - 1) + [row] + [0] * (30 - rank)  # noqa: E731
+    rankings = [at(1, 1), at(1, 21), at(2, 5), at(2, 6)]
+    table = afriqa_teacher_ceiling.recall(qs, rankings, texts)
+    # [top 20, top 5]: rank 21 is out of both; the French (pivot) answer counts; rank 6 is in the top 20 only.
+    assert table == {"hau": [50.0, 50.0], "wol": [100.0, 50.0], "macro": [75.0, 50.0]}
