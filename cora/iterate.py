@@ -165,8 +165,9 @@ class IterateConfig:
                             f"{self.distill_weight} with {self.retriever_tower!r}")
         if self.distill_mode not in ("vector", "ranking"):
             raise CoraError(f"distill_mode must be 'vector' or 'ranking', got {self.distill_mode!r}")
-        if self.distill_temperature is not None and self.distill_temperature <= 0:
-            raise CoraError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.distill_temperature is not None and (self.distill_temperature <= 0 or self.distill_mode != "ranking"):
+            raise CoraError(f"distill_temperature must be > 0 and needs distill_mode 'ranking', got "
+                            f"{self.distill_temperature} with {self.distill_mode!r}")
         if self.distill_questions and self.distill_weight <= 0:
             raise CoraError("distill_questions needs distill_weight > 0 (they train only through distillation)")
         if not 0 <= self.reader_positives <= self.reader_k:

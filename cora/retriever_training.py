@@ -300,8 +300,9 @@ class QueryTowerTask:
         self.lang_ids = lang_ids
         if distill_mode not in ("vector", "ranking"):
             raise ValueError(f"distill_mode must be 'vector' or 'ranking', not {distill_mode!r}")
-        if distill_temperature is not None and distill_temperature <= 0:
-            raise ValueError(f"distill_temperature must be > 0, not {distill_temperature}")
+        if distill_temperature is not None and (distill_temperature <= 0 or distill_mode != "ranking"):
+            raise ValueError(f"distill_temperature must be > 0 and needs distill_mode 'ranking', not "
+                             f"{distill_temperature} with {distill_mode!r}")
         self.distill_weight, self.all_weight, self.distill_mode = distill_weight, all_weight, distill_mode
         self.distill_temperature = temperature if distill_temperature is None else distill_temperature
         self.items: list[tuple[str, str, list[int], str | None]] = []  # (question, lang, positive rows, pivot q)

@@ -298,7 +298,9 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
     with pytest.raises(CoraError, match="distill_mode"):
         IterateConfig(**{**loop_config, "distill_mode": "cosine"})
     with pytest.raises(CoraError, match="distill_temperature"):
-        IterateConfig(**{**loop_config, "distill_temperature": -1.0})
+        IterateConfig(**{**loop_config, "distill_mode": "ranking", "distill_temperature": -1.0})
+    with pytest.raises(CoraError, match="needs distill_mode 'ranking'"):
+        IterateConfig(**{**loop_config, "distill_temperature": 0.5})
     english = {"nile/de": "where is the nile", "moon/es": "what does the moon orbit"}
     # A question no passage answers: it mines nothing, and only its translation can teach the tower.
     unanswerable = Question("mars/de", "wo ist der mars", "de", ["Rot"], answers_by_lang={"en": ["red"]})
@@ -323,7 +325,8 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
                               "distill_questions": untranslated}))
     cfg = IterateConfig(**{**loop_config, "rounds": 1, "retriever_tower": "query", "lora_rank": 4,
                            "read_answerless": False, "distill_weight": 1.0, "distill_questions": distill_file,
-                           "distill_temperature": 0.3, "train_questions": str(_write(tmp_path / "train-t.jsonl", train))})
+                           "distill_mode": "ranking", "distill_temperature": 0.3,
+                           "train_questions": str(_write(tmp_path / "train-t.jsonl", train))})
     Loop(cfg).run()
     labels = load_labels(tmp_path / "run" / "round_1" / "labels.jsonl")
     assert "sun/de" not in labels

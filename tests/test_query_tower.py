@@ -287,4 +287,6 @@ def test_questions_without_positives_train_only_through_distillation(tiny_encode
     with pytest.raises(ValueError, match="distill_mode"):
         QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_mode="cosine")
     with pytest.raises(ValueError, match="distill_temperature"):
-        QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_temperature=0.0)
+        QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_mode="ranking", distill_temperature=0.0)
+    with pytest.raises(ValueError, match="needs distill_mode 'ranking'"):  # the vector form has no ranking to soften
+        QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_temperature=0.5)
