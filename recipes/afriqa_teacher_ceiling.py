@@ -24,27 +24,23 @@ import numpy as np
 from cora.bm25 import BM25Index, reciprocal_rank_fusion
 from cora.datastore import Datastore
 from cora.encoder import Encoder
-from cora.evaluation.retrieval import RankedResult, answer_recall_at_k
-from cora.evaluation.text import contains_answer
 from cora.fileio import atomic_write_text
 from cora.index import DenseIndex
-from cora.mining import reader_answers
 from cora.questions import read_questions
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import afriqa  # noqa: E402
-from afriqa_tower_probe import held_out  # noqa: E402
+from afriqa_tower_probe import held_out, ranked_answer_recall  # noqa: E402
 
 PIVOT = {"fon": "fr", "wol": "fr"}  # every other AfriQA language's evidence is English
 
 
 def recall(questions, rankings, texts) -> dict[str, list[float]]:
     """Per language and "macro": [% with an answer-holding passage in the top 20, in the top 5]."""
-    ranked = [RankedResult(q.lang, [str(r) for r in rows[:20]], frozenset(), [texts[r] for r in rows[:20]],
-                           reader_answers(q)) for q, rows in zip(questions, rankings, strict=True)]
-    table = answer_recall_at_k(ranked, (20, 5), match=contains_answer)
-    return {lang: [round(100 * r["AR@20"], 1), round(100 * r["AR@5"], 1)] for lang, r in table.items()}
+    table = ranked_answer_recall(questions, [[str(r) for r in rows[:20]] for rows in rankings],
+                                 [[texts[r] for r in rows[:20]] for rows in rankings])
+    return {lang: [round(x, 1) for x in r] for lang, r in table.items()}
 
 
 def main(argv=None) -> int:

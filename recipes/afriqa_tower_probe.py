@@ -48,10 +48,17 @@ def answer_recall(retriever, questions) -> dict[str, list[float]]:
     """Per language and "macro": [% with an answer-holding passage in the top 20, in the top 5] (the loop's
     ``dev_recall: answer``)."""
     hits = retriever.search_batch([q.question for q in questions], k=20, langs=[q.lang for q in questions])
-    ranked = [RankedResult(q.lang, [h.group for h in hs], frozenset(), [h.text for h in hs], reader_answers(q))
-              for q, hs in zip(questions, hits, strict=True)]
+    table = ranked_answer_recall(questions, [[h.group for h in hs] for hs in hits], [[h.text for h in hs] for hs in hits])
+    return {lang: [round(x, 2) for x in r] for lang, r in table.items()}
+
+
+def ranked_answer_recall(questions, groups, texts) -> dict[str, list[float]]:
+    """Per language and "macro": [% with an answer-holding passage in the top 20, in the top 5], from each
+    question's ranked passages (their groups and texts, best first)."""
+    ranked = [RankedResult(q.lang, g, frozenset(), t, reader_answers(q))
+              for q, g, t in zip(questions, groups, texts, strict=True)]
     table = answer_recall_at_k(ranked, (20, 5), match=contains_answer)
-    return {lang: [round(100 * r["AR@20"], 2), round(100 * r["AR@5"], 2)] for lang, r in table.items()}
+    return {lang: [100 * r["AR@20"], 100 * r["AR@5"]] for lang, r in table.items()}
 
 
 def main(argv=None) -> int:
