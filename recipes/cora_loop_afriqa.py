@@ -44,10 +44,11 @@ import logging
 import sys
 from pathlib import Path
 
+from cora import cli
 from cora.datastore import Datastore, iter_squad_paragraphs
 from cora.encoder import cora_home
 from cora.fileio import atomic_write_json
-from cora.iterate import IterateConfig, Loop
+from cora.iterate import IterateConfig
 from cora.questions import Question, write_questions
 
 HERE = Path(__file__).resolve().parent
@@ -260,12 +261,10 @@ def main(argv=None) -> int:
         reader_train={"batch_size": 4, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,
                       "save_every": 50, "eval_every": 10**6, "log_every": 10},
         reader_trainable_layers=args.reader_layers, device=args.device)
-    atomic_write_json(out / "iterate_config.json", {"type": "IterateConfig", **dataclasses.asdict(cfg)})
-    result = Loop(cfg).run()
-    print(Path(result["summary"]).read_text(encoding="utf-8"))
-    print(json.dumps(result, indent=2))
-    print(f"equivalent: cora iterate --config {out / 'iterate_config.json'}")
-    return 0
+    config = out / "iterate_config.json"
+    atomic_write_json(config, {"type": "IterateConfig", **dataclasses.asdict(cfg)})
+    print(f"running the equivalent of: cora iterate --config {config}", flush=True)
+    return cli.main(["iterate", "--config", str(config)])
 
 
 if __name__ == "__main__":

@@ -20,16 +20,17 @@ Rerunning the same command resumes (see ``cora iterate --help``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
-import json
 import logging
 import random
 from pathlib import Path
 
+from cora import cli
 from cora.datasets import SQUAD_SOURCES, XQUAD_DEV_ARTICLES, XQUAD_LANGS, XQUAD_TRAIN_ARTICLES, xquad_aligned
 from cora.datastore import Datastore, read_squad
 from cora.fileio import atomic_write_json
-from cora.iterate import IterateConfig, Loop
+from cora.iterate import IterateConfig
 from cora.questions import read_squad_questions, write_questions
 
 LANGS = list(XQUAD_LANGS)
@@ -124,12 +125,10 @@ def main(argv=None) -> int:
         reader_train={"batch_size": 8, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,
                       "eval_every": 10**6, "save_every": 10},
         seed=args.seed)
-    atomic_write_json(out / "iterate_config.json", {"type": "IterateConfig", **cfg.__dict__})
-    result = Loop(cfg).run()
-    print(Path(result["summary"]).read_text(encoding="utf-8"))
-    print(json.dumps(result, indent=2))
-    print(f"equivalent: cora iterate --config {out / 'iterate_config.json'}")
-    return 0
+    config = out / "iterate_config.json"
+    atomic_write_json(config, {"type": "IterateConfig", **dataclasses.asdict(cfg)})
+    print(f"running the equivalent of: cora iterate --config {config}", flush=True)
+    return cli.main(["iterate", "--config", str(config)])
 
 
 if __name__ == "__main__":
