@@ -38,9 +38,11 @@ from pathlib import Path
 
 import torch
 
+from cora.config import load_config
 from cora.datastore import Datastore
 from cora.evaluation.xor import score_one
 from cora.reader import load_reader
+from cora.reader.base import READER_CONFIG_FILE, ReaderConfig, resolve_reader
 from cora.reader.spans import span_scores
 from cora.reader.training import xquad_dev_examples
 from cora.retriever import Retriever
@@ -210,7 +212,7 @@ def score(items: list[dict], s: dict, k: int) -> dict:
             if it["answers"]:
                 per.setdefault("afriqa-lang", {}).setdefault(it["lang"], []).append(
                     score_one(text, it["answers"], it["lang"], "fixed")[0])
-        gold_read.setdefault(it["set"].split("-")[0], []).append(from_gold)
+        gold_read.setdefault(it["set"], []).append(from_gold)
     out = {}
     for name, langs in per.items():
         table = {lang: 100 * statistics.fmean(v) for lang, v in langs.items()}
@@ -226,7 +228,7 @@ def objective(result: dict) -> float:
 
 def report_shipped(args, items: list[dict], ks: list[int], out: Path) -> int:
     """F1 against k for the reader's own passage-choice settings and for the plain joint argmax, all questions."""
-    config = load_reader(args.reader).config
+    config = load_config(ReaderConfig, resolve_reader(args.reader) / READER_CONFIG_FILE)  # settings only, no weights
     shipped = {key: getattr(config, key) for key in ("rank_prior", "rank_weight", "length_penalty",
                                                        "max_answer_tokens")}
     plain = {"rank_prior": 0.0, "rank_weight": 0.0, "length_penalty": 0.0, "max_answer_tokens": 30}
@@ -283,7 +285,10 @@ def main(argv=None) -> int:
             items += collect_xquad(args, reader, "english-only")
         print(f"read {len(items)} questions x top {args.max_k} in {time.time() - t0:.0f} s")
         cache.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
-    ks = [k for k in KS if k <= args.max_k]
+    read_k = max(len(it["rows"]) for it in items)  # a cache made with a smaller --max-k read fewer passages
+    if read_k < args.max_k:
+        print(f"the cached reads hold the top {read_k} passages: scoring k <= {read_k} only")
+    ks = [k for k in KS if k <= min(args.max_k, read_k)]
     if args.shipped:
         return report_shipped(args, items, ks, out)
     has_rank = any(row["rank"] != 0.0 for it in items[:20] for rows in it["rows"] for row in rows)
