@@ -481,7 +481,7 @@ class Loop:
                     f1, em, _ = score_one(res.answer.text, q.answers, q.lang, "fixed")
                     per_lang.setdefault(q.lang, []).append((f1, em))
                     src = res.read.evidence[0].lang if res.read.evidence else q.lang
-                    gold = q.answers if src == q.lang else q.answers_by_lang.get(src, [])
+                    gold = q.answers_in(src)
                     if q.answers_by_lang and gold:
                         f1, em, _ = score_one(res.read.text, gold, src, "fixed")
                         per_source.setdefault(q.lang, []).append((f1, em))

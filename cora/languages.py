@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
 import threading
 
 logger = logging.getLogger(__name__)
 
-# ISO 639-1 codes. Region/script variants such as zh-TW, zh_cn, pt-BR are accepted when the base code is known.
-ISO_639_1 = frozenset(
-    """aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz
-    ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is
-    it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt
-    my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm
-    sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh
-    zu""".split()
-)
-_VARIANT = re.compile(r"^([a-z]{2,3})(?:[-_][A-Za-z0-9]{2,8})*$")
 _warned: set[str] = set()
 _lock = threading.Lock()
 
@@ -25,24 +15,46 @@ _lock = threading.Lock()
 NO_SPACE_LANGS = frozenset({"ja", "zh", "th", "km", "lo", "my", "bo"})
 
 
+@functools.lru_cache(maxsize=4096)
 def base_code(lang: str) -> str:
-    """'zh-TW' -> 'zh', 'zh_cn' -> 'zh', 'de' -> 'de'."""
-    m = _VARIANT.match(lang or "")
-    return m.group(1).lower() if m else (lang or "").lower()
+    """The language of a tag, as its shortest ISO 639 code: 'zh-TW', 'zh_cn', 'zho_Hans' -> 'zh'; 'hau' -> 'ha';
+    'jpn_Jpan' (FLORES-200 style) -> 'ja'; 'iw' -> 'he'; 'cmn' -> 'zh' (macrolanguage); 'bem' -> 'bem' (no
+    two-letter code). Use it to *compare* languages; files keep the tags they were given. A string that is not a
+    language tag is only lower-cased."""
+    import langcodes
+
+    tag = (lang or "").strip().replace("_", "-")
+    try:
+        code = langcodes.Language.get(langcodes.standardize_tag(tag, macro=True)).language
+    except (ValueError, LookupError):  # langcodes.LanguageTagError is a ValueError
+        code = None
+    return code or tag.split("-")[0].lower()
 
 
+def same_language(a: str | None, b: str | None) -> bool:
+    """Whether two tags name one language ('de' and 'deu', 'zh' and 'zh-TW', 'en' and 'eng-Latn')."""
+    return bool(a) and bool(b) and base_code(a) == base_code(b)
+
+
+@functools.lru_cache(maxsize=4096)
 def is_known(lang: str) -> bool:
-    return base_code(lang) in ISO_639_1
+    """A well-formed BCP-47 tag whose language is a registered ISO 639 code ('de', 'zh-TW', 'hau', 'jpn_Jpan')."""
+    import langcodes
+
+    try:
+        return bool(lang) and langcodes.tag_is_valid(lang.strip().replace("_", "-")) and base_code(lang) != "und"
+    except ValueError:
+        return False
 
 
 def check_language(lang: str, where: str = "") -> str:
-    """Return ``lang`` unchanged; warn once per process for a code that is not ISO 639-1 (it is kept)."""
+    """Return ``lang`` unchanged; warn once per process for a string that is not a language tag (it is kept)."""
     if not is_known(lang):
         with _lock:
             if lang not in _warned:
                 _warned.add(lang)
-                logger.warning("unknown language code %r%s: kept as is (expected ISO 639-1, e.g. 'de', 'zh-TW')",
-                               lang, f" ({where})" if where else "")
+                logger.warning("unknown language code %r%s: kept as is (expected an ISO 639 code or BCP-47 tag, "
+                               "e.g. 'de', 'zh-TW', 'hau')", lang, f" ({where})" if where else "")
     return lang
 
 

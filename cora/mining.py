@@ -26,6 +26,7 @@ from pathlib import Path
 from cora.datastore import Datastore, Passage
 from cora.evaluation.text import contains_answer
 from cora.fileio import atomic_write_json, atomic_write_text
+from cora.languages import same_language
 from cora.questions import Question
 
 # How a mined positive was found (the values of Mined.questions[...].positives).
@@ -36,7 +37,7 @@ SOURCES = ("gold", "reader", "fallback", "expand-answer", "expand-reader")
 def answers_for(q: Question, lang: str) -> list[str]:
     """The gold answers a passage in ``lang`` can be checked against: the question's own, plus the known
     answers in that language (parallel sets; the pivot-language answers of AfriQA or XOR-TyDi)."""
-    return list(dict.fromkeys([*q.answers, *q.answers_by_lang.get(lang, [])]))
+    return list(dict.fromkeys([*q.answers, *q.answers_in(lang)]))
 
 
 def is_correct(prediction: str, answers: Sequence[str], lang: str) -> bool:
@@ -83,9 +84,9 @@ def expand_by_groups(q: Question, positives: Sequence[int], datastore: Datastore
             if sib in known or sib in out:
                 continue
             p = datastore[sib]
-            if p.lang == source.lang:
+            if same_language(p.lang, source.lang):
                 continue
-            in_lang = q.answers if p.lang == q.lang else q.answers_by_lang.get(p.lang, [])
+            in_lang = q.answers_in(p.lang)
             if in_lang and contains_answer(p.text, in_lang):
                 out[sib] = "answer"
             elif confirm(p):
@@ -146,7 +147,8 @@ class MinedQuestion:
 
     def positive_rows(self, datastore: Datastore, lang: str) -> list[int]:
         """The positives, gold first, then those in the question's language (the trainer's "native" positive)."""
-        return sorted(self.positives, key=lambda r: (self.positives[r] != "gold", datastore[r].lang != lang))
+        return sorted(self.positives, key=lambda r: (self.positives[r] != "gold",
+                                                     not same_language(datastore[r].lang, lang)))
 
 
 @dataclass
@@ -253,7 +255,7 @@ def mine(round_: int, questions: Sequence[Question], labels: Mapping[str, Sequen
         old = previous.questions[q.id].positives if previous is not None and q.id in previous.questions else {}
         for row, how in sources.items():
             counts[f"positives_{how}"] += 1
-            if row not in old and datastore[row].lang != q.lang:
+            if row not in old and not same_language(datastore[row].lang, q.lang):
                 new_pairs[f"{q.lang}->{datastore[row].lang}"] += 1
         merged = old | sources
         kept_negatives = [r for r in negatives if r not in merged][:hard_negatives]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cora.errors import DataFormatError
 from cora.fileio import iter_jsonl
-from cora.languages import check_language
+from cora.languages import check_language, same_language
 
 
 def check_question(text: object) -> str:
@@ -43,6 +43,13 @@ class Question:
     # A human translation of the question into a pivot language (AfriQA's and XOR-TyDi's English versions), when
     # a training set has one: the CORA loop can distil its query tower towards it (IterateConfig.distill_weight).
     translation: str | None = None
+
+    def answers_in(self, lang: str | None) -> list[str]:
+        """The gold answers in ``lang``: the question's own when ``lang`` is its language ('de' and 'deu', 'zh' and
+        'zh-TW' are one language), else those of ``answers_by_lang`` under a tag of that language."""
+        if same_language(lang, self.lang):
+            return self.answers
+        return [a for key, v in self.answers_by_lang.items() if same_language(key, lang) for a in v]
 
 
 def read_questions(path: str | os.PathLike) -> list[Question]:

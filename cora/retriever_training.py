@@ -29,6 +29,7 @@ from cora.distributed import rank
 from cora.encoder import Encoder, format_passage
 from cora.errors import DataFormatError
 from cora.evaluation.text import contains_answer
+from cora.languages import same_language
 from cora.losses import (
     contrastive_loss,
     distill_loss,
@@ -247,7 +248,7 @@ def dev_recall(encoder: Encoder, questions: Sequence[Question], datastore: Datas
     out = {}
     pools = {"": np.arange(len(passages))}
     if pivot_lang:
-        pools[f" {pivot_lang}"] = np.array([i for i, p in enumerate(passages) if p.lang == pivot_lang])
+        pools[f" {pivot_lang}"] = np.array([i for i, p in enumerate(passages) if same_language(p.lang, pivot_lang)])
     for name, rows in pools.items():
         if not len(rows):
             continue

@@ -320,7 +320,8 @@ def create_app(pipeline, config: ServeConfig | None = None):
         @classmethod
         def _known_lang(cls, v: str | None) -> str | None:
             if v is not None and not is_known(v):
-                raise ValueError(f"unknown language code {v!r} (expected ISO 639-1, e.g. 'de', 'zh-TW')")
+                raise ValueError(f"unknown language code {v!r} (expected an ISO 639 code or BCP-47 tag, e.g. "
+                                 "'de', 'zh-TW', 'hau')")
             return v
 
     class EvidenceOut(BaseModel):

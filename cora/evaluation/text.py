@@ -8,6 +8,8 @@ import string
 import unicodedata
 from collections import Counter
 
+from cora.languages import base_code
+
 _ASCII_PUNCT = set(string.punctuation)
 
 
@@ -31,7 +33,7 @@ def segment(text: str, lang: str) -> list[str]:
     ja: MeCab (fugashi + unidic-lite); zh: jieba; th: pythainlp (newmm); km/lo/my: characters (no maintained,
     offline Khmer word segmenter is a dependency we want); everything else: whitespace.
     """
-    base = lang.split("_")[0].split("-")[0].lower()
+    base = base_code(lang)
     if base == "ja":
         return [w.surface for w in _mecab()(text) if w.surface.strip()]
     if base == "zh":

@@ -19,6 +19,7 @@ import torch
 
 from cora.datastore import Datastore, Passage
 from cora.errors import CoraError
+from cora.languages import same_language
 from cora.reader.base import Answer, Evidence, Reader
 
 logger = logging.getLogger(__name__)
@@ -28,14 +29,14 @@ METHODS = ("reread", "align")
 
 def siblings_in(answer: Answer, datastore: Datastore) -> list[Passage]:
     """The answer-language passages language-linked (same group) to the answer's source passage."""
-    if not answer.evidence or answer.evidence[0].lang == answer.lang:
+    if not answer.evidence or same_language(answer.evidence[0].lang, answer.lang):
         return []
     source = answer.evidence[0]
     try:
         group = datastore.get(source.passage_id).group
     except KeyError:
         return []
-    return [p for p in datastore.rows(datastore.group_rows(group)) if p.lang == answer.lang]
+    return [p for p in datastore.rows(datastore.group_rows(group)) if same_language(p.lang, answer.lang)]
 
 
 def project_answer(reader: Reader, question: str, answer: Answer, datastore: Datastore,
