@@ -54,10 +54,25 @@ from cora.questions import Question, write_questions
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import afriqa  # noqa: E402
+import flores  # noqa: E402
 
 # The languages whose dev gold passages the shared data holds (so the store can hold their answers): Swahili and
 # Wolof have no gold passages at all, Yorùbá none for dev.
 WITH_DEV_GOLD = ("bem", "fon", "hau", "ibo", "kin", "twi", "zul")
+# AfriQA language -> its FLORES-200 file (Swahili is 'swh', the individual language, in FLORES); the pivot's file.
+FLORES_CODES = {"bem": "bem_Latn", "fon": "fon_Latn", "hau": "hau_Latn", "ibo": "ibo_Latn", "kin": "kin_Latn",
+                "swa": "swh_Latn", "twi": "twi_Latn", "wol": "wol_Latn", "yor": "yor_Latn", "zul": "zul_Latn"}
+FLORES_PIVOTS = {"en": "eng_Latn", "fr": "fra_Latn"}
+
+
+def flores_distill_questions(folder: Path, per_lang: int) -> list[Question]:
+    """The first ``per_lang`` FLORES sentences of each AfriQA language as distillation-only questions, each with the
+    same sentence in the language's AfriQA pivot (English; French for Fon and Wolof) as its translation."""
+    out = []
+    for lang, code in FLORES_CODES.items():
+        for idx, text, pivot_text in flores.sentence_pairs(folder, code, FLORES_PIVOTS[afriqa.LANGS[lang]], per_lang):
+            out.append(Question(f"flores/{code}/{idx}", text, lang, [], translation=pivot_text))
+    return out
 
 
 def build_store(data: Path, out: Path) -> Datastore:
@@ -211,6 +226,10 @@ def main(argv=None) -> int:
     ap.add_argument("--distill-answerless", action="store_true",
                     help="with --distill-translations: also distil the training questions that have no answer (they "
                          "cannot be mined, but have translations); written to <out>/distill.jsonl")
+    ap.add_argument("--distill-flores", type=int, default=0, metavar="N",
+                    help="with --distill-translations: also distil the first N FLORES-200 sentences of each of the "
+                         "ten languages towards the same sentence in its pivot language (parallel text, not questions; "
+                         "FLORES is then training data for these ten languages); written to <out>/distill.jsonl")
     ap.add_argument("--retriever-lr", type=float, default=2e-4, help="learning rate of the query tower's adapter")
     ap.add_argument("--encoder", default="mdpr-me5-small",
                     help="round 0's retriever encoder: a shipped name or a folder (the documented runs started from "
@@ -235,18 +254,24 @@ def main(argv=None) -> int:
     train = afriqa.questions(data, "train")
     dev = afriqa.questions(data, "dev")
     distill = args.distill_translations > 0
-    if args.distill_answerless and not distill:
-        ap.error("--distill-answerless needs --distill-translations W (> 0)")
+    if (args.distill_answerless or args.distill_flores) and not distill:
+        ap.error("--distill-answerless and --distill-flores need --distill-translations W (> 0)")
+    if args.distill_flores < 0:
+        ap.error("--distill-flores must be >= 0")
     write_questions(loop_questions(train, "train", gold=False, translations=args.with_translations, distill=distill),
                     out / "train.jsonl")
     write_questions(loop_questions(train, "train", gold=True, translations=args.with_translations),
                     out / "train-gold.jsonl")
     write_questions(loop_questions(dev, "dev", gold=True), out / "dev.jsonl")
+    distill_only = []
     if args.distill_answerless:
-        write_questions([Question(f"{q.lang}/train/{q.id}", q.question, q.lang, [],
+        distill_only += [Question(f"{q.lang}/train/{q.id}", q.question, q.lang, [],
                                   translation=q.translated_question.strip())
-                         for q in afriqa.answerless_translated(train)],
-                        out / "distill.jsonl")
+                         for q in afriqa.answerless_translated(train)]
+    if args.distill_flores:
+        distill_only += flores_distill_questions(data / "parallel-flores", args.distill_flores)
+    if distill_only:
+        write_questions(distill_only, out / "distill.jsonl")
     cfg = IterateConfig(
         output_dir=str(out / "loop"), datastore=str(store.path), train_questions=str(out / "train.jsonl"),
         dev_questions=str(out / "dev.jsonl"), encoder=args.encoder, reader="me5-small-reader",
@@ -255,7 +280,7 @@ def main(argv=None) -> int:
         reader_positives=2, eval_k=5, recall_ks=[1, 5, 20], dev_recall="answer", eval_qa_per_lang=args.eval_per_lang,
         retriever_tower="query", query_all_weight=0.5, temperature=0.02, distill_weight=args.distill_translations,
         distill_mode=args.distill_mode, distill_temperature=args.distill_temperature,
-        distill_questions=str(out / "distill.jsonl") if args.distill_answerless else None,
+        distill_questions=str(out / "distill.jsonl") if distill_only else None,
         retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": args.retriever_lr, "warmup_ratio": 0.05,
                          "save_every": 50, "eval_every": 10**6, "log_every": 10},
         reader_train={"batch_size": 4, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,
