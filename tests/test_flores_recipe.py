@@ -38,6 +38,14 @@ def test_read_flores_names_the_bad_line(tmp_path):
         flores.read_flores(bad)
 
 
+def test_every_training_language_counts_as_trained_whatever_its_tag():
+    # FLORES tags (code_Script) against the training sets' tags: 'twi_Latn' is Akan ('ak') to langcodes, as 'twi' is
+    for code in ("twi_Latn", "swh_Latn", "hau_Latn", "zho_Hant", "arb_Arab", "fon_Latn"):
+        assert flores_query_tower.base_code(code) in flores_query_tower.TRAINED, code
+    for code in ("amh_Ethi", "xho_Latn", "som_Latn"):
+        assert flores_query_tower.base_code(code) not in flores_query_tower.TRAINED, code
+
+
 def test_recall_counts_the_rank_of_the_own_row():
     store = np.eye(3, dtype=np.float32)
     queries = np.array([[1, 0, 0], [0.9, 0.5, 0], [0, 0.2, 0.1]], dtype=np.float32)  # right, 2nd, 2nd
