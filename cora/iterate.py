@@ -124,6 +124,9 @@ class IterateConfig:
         "help": "with distill_weight > 0: JSONL of more questions, each with a 'translation', used only to distil "
                 "the query tower (never retrieved for, labelled or mined), e.g. training questions without an "
                 "answer, which cannot be mined but can still learn to rank as their translation does"})
+    distill_vector_questions: str | None = field(default=None, metadata={
+        "help": "with distill_weight > 0: JSONL like distill_questions, but always distilled vector to vector "
+                "(whatever distill_mode), e.g. parallel sentences, whose ranking of this datastore says little"})
     evaluate_main: bool = field(default=True, metadata={
         "help": "also evaluate on the mined datastore (off when eval_datastores already hold the benchmark ones)"})
     query_adapter_scope: str | None = field(default=None, metadata={
@@ -168,8 +171,9 @@ class IterateConfig:
         if self.distill_temperature is not None and (self.distill_temperature <= 0 or self.distill_mode != "ranking"):
             raise CoraError(f"distill_temperature must be > 0 and needs distill_mode 'ranking', got "
                             f"{self.distill_temperature} with {self.distill_mode!r}")
-        if self.distill_questions and self.distill_weight <= 0:
-            raise CoraError("distill_questions needs distill_weight > 0 (they train only through distillation)")
+        for name in ("distill_questions", "distill_vector_questions"):
+            if getattr(self, name) and self.distill_weight <= 0:
+                raise CoraError(f"{name} needs distill_weight > 0 (they train only through distillation)")
         if not 0 <= self.reader_positives <= self.reader_k:
             raise CoraError(f"reader_positives must be between 0 and reader_k, got {self.reader_positives}")
 
@@ -201,10 +205,12 @@ class Loop:
         if not self.train_q:
             raise CoraError(f"{cfg.train_questions}: no training questions")
         self.distill_q = read_questions(cfg.distill_questions) if cfg.distill_questions else []
-        untranslated = [q.id for q in self.distill_q if not q.translation]
-        if untranslated:
-            raise CoraError(f"{cfg.distill_questions}: question {untranslated[0]!r} has no 'translation' (distillation "
-                            "questions teach the tower only through it)")
+        self.distill_vector_q = read_questions(cfg.distill_vector_questions) if cfg.distill_vector_questions else []
+        for path, qs in ((cfg.distill_questions, self.distill_q), (cfg.distill_vector_questions, self.distill_vector_q)):
+            untranslated = [q.id for q in qs if not q.translation]
+            if untranslated:
+                raise CoraError(f"{path}: question {untranslated[0]!r} has no 'translation' (distillation questions "
+                                "teach the tower only through it)")
         if cfg.dev_recall == "group" and any(q.gold_group is None for q in self.dev_q):
             raise CoraError(f"{cfg.dev_questions}: every dev question needs a 'gold_group' (recall is measured "
                             "on it; or set dev_recall 'answer')")
@@ -354,6 +360,8 @@ class Loop:
                                   [ctx(r) for r in rec.hard_negatives], q.translation if distill else None))
         # Distillation-only questions: no positives, only their translation's ranking to learn from.
         out += [DPRExample(q.question, list(q.answers), q.lang, [], [], [], q.translation) for q in self.distill_q]
+        out += [DPRExample(q.question, list(q.answers), q.lang, [], [], [], q.translation, distill_mode="vector")
+                for q in self.distill_vector_q]
         return out
 
     def train_retriever(self, k: int, folder: Path, target: Path) -> None:

@@ -60,6 +60,9 @@ class DPRExample:
     # Optional: the same question in a pivot language (e.g. English, from a parallel set such as XQuAD); the
     # query tower is then also distilled towards the frozen backbone's vector of it (QueryTowerTask).
     pivot_question: str | None = None
+    # How to distil towards pivot_question: None = the task's distill_mode; 'vector' suits parallel sentences,
+    # whose ranking of the training passages says little (they were not written about them).
+    distill_mode: str | None = None
 
 
 def _ctx(p: Passage) -> Ctx:
@@ -280,7 +283,7 @@ class QueryTowerTask:
     asks only that the question rank the training passages as its translation does
     (:func:`cora.losses.ranking_distill_loss`, over all N passages), both rankings softmaxed at
     ``distill_temperature`` (default: ``temperature``; a higher one passes on more of the teacher's ranking below
-    its first few passages).
+    its first few passages). An example's own ``distill_mode`` overrides the task's for that example.
     """
 
     def __init__(self, encoder: Encoder, examples: Sequence[DPRExample], batch_size: int, datastore: Datastore,
@@ -306,9 +309,13 @@ class QueryTowerTask:
                              f"{distill_temperature} with {distill_mode!r}")
         self.distill_weight, self.all_weight, self.distill_mode = distill_weight, all_weight, distill_mode
         self.distill_temperature = temperature if distill_temperature is None else distill_temperature
-        self.items: list[tuple[str, str, list[int], str | None]] = []  # (question, lang, positive rows, pivot q)
+        # (question, lang, positive rows, pivot question, distill mode)
+        self.items: list[tuple[str, str, list[int], str | None, str]] = []
         unknown = 0
         for ex in examples:
+            if ex.distill_mode not in (None, "vector", "ranking"):
+                raise ValueError(f"example {ex.question[:40]!r}: distill_mode must be None, 'vector' or 'ranking', "
+                                 f"not {ex.distill_mode!r}")
             rows = []
             for c in ex.positive_ctxs:
                 try:
@@ -317,7 +324,8 @@ class QueryTowerTask:
                     unknown += 1
             # A question without a positive still teaches the tower through its translation, when distilled.
             if rows or (distill_weight > 0 and ex.pivot_question):
-                self.items.append((ex.question, ex.lang, sorted(set(rows)), ex.pivot_question))
+                self.items.append((ex.question, ex.lang, sorted(set(rows)), ex.pivot_question,
+                                   ex.distill_mode or distill_mode))
         if unknown:
             logger.warning("dropped %d positives whose passage is not in the training datastore", unknown)
         if len(self.items) < batch_size:
@@ -328,7 +336,7 @@ class QueryTowerTask:
         self.dev_vectors = dev_vectors
         self.teacher: dict[str, torch.Tensor] = {}
         if distill_weight > 0:
-            pivots = sorted({t for *_, t in self.items if t})
+            pivots = sorted({item[3] for item in self.items if item[3]})
             if not pivots:
                 logger.warning("distill_weight > 0 but no example has a pivot_question: nothing to distil")
             # The passage tower is the frozen backbone: its vector of the query-prefixed translation is the target.
@@ -341,17 +349,17 @@ class QueryTowerTask:
     def num_batches(self, epoch: int) -> int:
         return len(self.items) // self.batch_size
 
-    def batches(self, epoch: int, rng: random.Random) -> Iterator[list[tuple[str, list[int], str, str | None]]]:
-        """(question, positive rows, pivot language, pivot question) per example; a pure function of the rng
-        (exact resume)."""
+    def batches(self, epoch: int, rng: random.Random) -> Iterator[list[tuple[str, list[int], str, str | None, str]]]:
+        """(question, positive rows, pivot language, pivot question, distill mode) per example; a pure function of
+        the rng (exact resume)."""
         order = list(range(len(self.items)))
         rng.shuffle(order)
         for b in range(self.num_batches(epoch)):
             batch = []
             for i in order[b * self.batch_size : (b + 1) * self.batch_size]:
-                question, lang, rows, pivot_question = self.items[i]
+                question, lang, rows, pivot_question, mode = self.items[i]
                 others = sorted({self.langs[r] for r in rows} - {lang})
-                batch.append((question, rows, rng.choice(others) if others else lang, pivot_question))
+                batch.append((question, rows, rng.choice(others) if others else lang, pivot_question, mode))
             yield batch
 
     def loss(self, batch) -> torch.Tensor:
@@ -359,7 +367,7 @@ class QueryTowerTask:
         q = enc.embed(enc.tokenize([item[0] for item in batch], "query"), "query")  # [B, D]
         B, N = len(batch), self.P.shape[0]
         # Only questions with a positive have contrastive terms (the others are there for distillation).
-        ranked = [i for i, (_, rows, _, _) in enumerate(batch) if rows]
+        ranked = [i for i, item in enumerate(batch) if item[1]]
         loss = q.sum() * 0.0  # []
         if ranked:
             positive = torch.zeros(len(ranked), N, dtype=torch.bool)  # [b, N]
@@ -372,10 +380,12 @@ class QueryTowerTask:
             loss = (self.all_weight * multi_positive_loss(qr, P, positive, everything, self.temperature)
                     + (1 - self.all_weight) * multi_positive_loss(qr, P, positive, in_pivot, self.temperature)
                     ) * len(ranked) / B  # []
-        with_pivot = [i for i, item in enumerate(batch) if item[3] in self.teacher]
-        if self.distill_weight > 0 and with_pivot:
+        for mode in ("ranking", "vector") if self.distill_weight > 0 else ():
+            with_pivot = [i for i, item in enumerate(batch) if item[3] in self.teacher and item[4] == mode]
+            if not with_pivot:
+                continue
             target = torch.stack([self.teacher[batch[i][3]] for i in with_pivot]).to(q.device)  # [b, D]
-            if self.distill_mode == "ranking":
+            if mode == "ranking":
                 term = ranking_distill_loss(q[with_pivot], target, self.P.to(q.device), self.distill_temperature)
             else:
                 term = distill_loss(q[with_pivot], target, self.temperature)

@@ -317,6 +317,10 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
     # A question with no answer at all, given only for distillation: never retrieved for, labelled or mined.
     sun = Question("sun/de", "wo ist die sonne", "de", [], translation="where is the sun")
     distill_file = str(_write(tmp_path / "distill.jsonl", [sun]))
+    vector_file = str(_write(tmp_path / "distill-vector.jsonl",
+                             [Question("flores/1", "die sonne scheint", "de", [], translation="the sun shines")]))
+    with pytest.raises(CoraError, match="distill_vector_questions needs distill_weight"):
+        IterateConfig(**{**loop_config, "distill_vector_questions": vector_file})
     with pytest.raises(CoraError, match="distill_questions needs distill_weight"):
         IterateConfig(**{**loop_config, "distill_questions": distill_file})
     untranslated = str(_write(tmp_path / "distill-bad.jsonl", [dataclasses.replace(sun, translation=None)]))
@@ -325,6 +329,7 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
                               "distill_questions": untranslated}))
     cfg = IterateConfig(**{**loop_config, "rounds": 1, "retriever_tower": "query", "lora_rank": 4,
                            "read_answerless": False, "distill_weight": 1.0, "distill_questions": distill_file,
+                           "distill_vector_questions": vector_file,
                            "distill_mode": "ranking", "distill_temperature": 0.3,
                            "train_questions": str(_write(tmp_path / "train-t.jsonl", train))})
     Loop(cfg).run()
@@ -333,9 +338,11 @@ def test_deep_answer_only_labels_and_translation_distillation(loop_config, tmp_p
     assert all(lb.prediction == "" for lbs in labels.values() for lb in lbs if not lb.contains)  # never read
     assert not any(lb.contains for lb in labels["mars/de"])
     ((weight, distill_temperature, items),) = seen
-    pivots = {q: t for q, _, _, t in items}
+    pivots = {q: t for q, _, _, t, _ in items}
     assert weight == 1.0 and distill_temperature == 0.3
     assert pivots["wo ist der nil"] == "where is the nile" and pivots["where is the nile river"] is None
     # The unanswerable question is trained on only when it has a translation, and then with no positive.
-    assert [(rows, t) for q, _, rows, t in items if q == "wo ist der mars"] == [([], "where is mars")]
-    assert [(rows, t) for q, _, rows, t in items if q == "wo ist die sonne"] == [([], "where is the sun")]
+    assert [(rows, t) for q, _, rows, t, _ in items if q == "wo ist der mars"] == [([], "where is mars")]
+    assert [(rows, t, m) for q, _, rows, t, m in items if q == "wo ist die sonne"] == [([], "where is the sun", "ranking")]
+    # Parallel sentences given as distill_vector_questions: distilled vector to vector whatever distill_mode.
+    assert [(rows, t, m) for q, _, rows, t, m in items if q == "die sonne scheint"] == [([], "the sun shines", "vector")]

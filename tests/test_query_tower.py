@@ -257,7 +257,10 @@ def test_questions_without_positives_train_only_through_distillation(tiny_encode
     assert len(plain.items) == 2
     task = QueryTowerTask(enc, [*ranked, unmined], 3, datastore, vectors, None, temperature=0.1, distill_weight=1.0)
     assert len(task.items) == 3 and task.items[2][2] == []
-    batch = [(q, rows, lang, pivot) for q, lang, rows, pivot in task.items]
+    def as_batch(t):  # the items in order, as batches() yields them (no pivot language to draw here)
+        return [(q, rows, lang, pivot, mode) for q, lang, rows, pivot, mode in t.items]
+
+    batch = as_batch(task)
     with torch.no_grad():
         got = task.loss(batch).item()
         q = enc.embed(enc.tokenize([b[0] for b in batch], "query"), "query")
@@ -273,17 +276,35 @@ def test_questions_without_positives_train_only_through_distillation(tiny_encode
     ranking = QueryTowerTask(enc, [*ranked, unmined], 3, datastore, vectors, None, temperature=0.1,
                              distill_weight=2.0, distill_mode="ranking")
     with torch.no_grad():
-        got = ranking.loss(batch).item()
+        got = ranking.loss(as_batch(ranking)).item()
         want = contrastive + 2.0 * ranking_distill_loss(q[2:], teacher, task.P, 0.1) * 1 / 3
     assert got == pytest.approx(want.item(), rel=1e-5)
     softer = QueryTowerTask(enc, [*ranked, unmined], 3, datastore, vectors, None, temperature=0.1,
                             distill_weight=2.0, distill_mode="ranking", distill_temperature=0.5)
     with torch.no_grad():
-        got = softer.loss(batch).item()
+        got = softer.loss(as_batch(softer)).item()
         want = contrastive + 2.0 * ranking_distill_loss(q[2:], teacher, task.P, 0.5) * 1 / 3
     assert got == pytest.approx(want.item(), rel=1e-5)
     assert ranking_distill_loss(q[2:], teacher, task.P, 0.5) != pytest.approx(
         ranking_distill_loss(q[2:], teacher, task.P, 0.1).item(), rel=1e-3)
+    # An example's own mode overrides the task's: here the nile sentence is distilled vector to vector, a second
+    # distillation-only example by ranking, each term weighted by its share of the batch.
+    ranked_only = DPRExample("wo ist der mond", [], "de", [], pivot_question="where is the moon")
+    vector_one = DPRExample(unmined.question, [], "de", [], pivot_question=unmined.pivot_question,
+                            distill_mode="vector")
+    mixed = QueryTowerTask(enc, [*ranked, vector_one, ranked_only], 4, datastore, vectors, None, temperature=0.1,
+                           distill_weight=2.0, distill_mode="ranking")
+    assert [item[4] for item in mixed.items] == ["ranking", "ranking", "vector", "ranking"]
+    with torch.no_grad():
+        got = mixed.loss(as_batch(mixed)).item()
+        q4 = enc.embed(enc.tokenize([item[0] for item in mixed.items], "query"), "query")
+        moon = mixed.teacher["where is the moon"].unsqueeze(0)
+        want = (contrastive * 3 / 2 * 2 / 4 + 2.0 * ranking_distill_loss(q4[3:], moon, task.P, 0.1) / 4
+                + 2.0 * distill_loss(q4[2:3], teacher, 0.1) / 4)
+    assert got == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="distill_mode must be None"):
+        QueryTowerTask(enc, [*ranked, DPRExample("x", [], "de", [], pivot_question="y", distill_mode="kl")], 2,
+                       datastore, vectors, None, distill_weight=1.0)
     with pytest.raises(ValueError, match="distill_mode"):
         QueryTowerTask(enc, ranked, 2, datastore, vectors, None, distill_mode="cosine")
     with pytest.raises(ValueError, match="distill_temperature"):
