@@ -230,6 +230,10 @@ def main(argv=None) -> int:
                     help="with --distill-translations: also distil the first N FLORES-200 sentences of each of the "
                          "ten languages towards the same sentence in its pivot language (parallel text, not questions; "
                          "FLORES is then training data for these ten languages); written to <out>/distill.jsonl")
+    ap.add_argument("--distill-flores-mode", choices=("ranking", "vector"), default=None,
+                    help="with --distill-flores: 'vector' distils the FLORES pairs vector to vector (the alignment "
+                         "itself; to <out>/distill-vector.jsonl) while the questions keep --distill-mode "
+                         "(default: --distill-mode for both)")
     ap.add_argument("--retriever-lr", type=float, default=2e-4, help="learning rate of the query tower's adapter")
     ap.add_argument("--encoder", default="mdpr-me5-small",
                     help="round 0's retriever encoder: a shipped name or a folder (the documented runs started from "
@@ -268,8 +272,14 @@ def main(argv=None) -> int:
         distill_only += [Question(f"{q.lang}/train/{q.id}", q.question, q.lang, [],
                                   translation=q.translated_question.strip())
                          for q in afriqa.answerless_translated(train)]
-    if args.distill_flores:
-        distill_only += flores_distill_questions(data / "parallel-flores", args.distill_flores)
+    if args.distill_flores_mode and not args.distill_flores:
+        ap.error("--distill-flores-mode needs --distill-flores N")
+    flores_vector = args.distill_flores_mode == "vector" and args.distill_mode != "vector"
+    flores_qs = flores_distill_questions(data / "parallel-flores", args.distill_flores) if args.distill_flores else []
+    if flores_vector:
+        write_questions(flores_qs, out / "distill-vector.jsonl")
+    else:
+        distill_only += flores_qs
     if distill_only:
         write_questions(distill_only, out / "distill.jsonl")
     cfg = IterateConfig(
@@ -281,6 +291,7 @@ def main(argv=None) -> int:
         retriever_tower="query", query_all_weight=0.5, temperature=0.02, distill_weight=args.distill_translations,
         distill_mode=args.distill_mode, distill_temperature=args.distill_temperature,
         distill_questions=str(out / "distill.jsonl") if distill_only else None,
+        distill_vector_questions=str(out / "distill-vector.jsonl") if flores_vector else None,
         retriever_train={"batch_size": 32, "epochs": args.retriever_epochs, "lr": args.retriever_lr, "warmup_ratio": 0.05,
                          "save_every": 50, "eval_every": 10**6, "log_every": 10},
         reader_train={"batch_size": 4, "max_steps": args.reader_steps, "lr": 3e-5, "warmup_ratio": 0.1,
