@@ -253,15 +253,17 @@ def main(argv=None) -> int:
         return 0
     if args.export:
         return export_best(out, Path(args.export), args.export_round)
-    out.mkdir(parents=True, exist_ok=True)
-    store = build_store(data, out / "datastore")
-    train = afriqa.questions(data, "train")
-    dev = afriqa.questions(data, "dev")
     distill = args.distill_translations > 0
     if (args.distill_answerless or args.distill_flores) and not distill:
         ap.error("--distill-answerless and --distill-flores need --distill-translations W (> 0)")
     if args.distill_flores < 0:
         ap.error("--distill-flores must be >= 0")
+    if args.distill_flores_mode and not args.distill_flores:
+        ap.error("--distill-flores-mode needs --distill-flores N")
+    out.mkdir(parents=True, exist_ok=True)
+    store = build_store(data, out / "datastore")
+    train = afriqa.questions(data, "train")
+    dev = afriqa.questions(data, "dev")
     write_questions(loop_questions(train, "train", gold=False, translations=args.with_translations, distill=distill),
                     out / "train.jsonl")
     write_questions(loop_questions(train, "train", gold=True, translations=args.with_translations),
@@ -272,9 +274,7 @@ def main(argv=None) -> int:
         distill_only += [Question(f"{q.lang}/train/{q.id}", q.question, q.lang, [],
                                   translation=q.translated_question.strip())
                          for q in afriqa.answerless_translated(train)]
-    if args.distill_flores_mode and not args.distill_flores:
-        ap.error("--distill-flores-mode needs --distill-flores N")
-    flores_vector = args.distill_flores_mode == "vector" and args.distill_mode != "vector"
+    flores_vector = args.distill_flores_mode == "vector"
     flores_qs = flores_distill_questions(data / "parallel-flores", args.distill_flores) if args.distill_flores else []
     if flores_vector:
         write_questions(flores_qs, out / "distill-vector.jsonl")

@@ -29,19 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
+from cora.datasets import SQUAD_SOURCES
 from cora.encoder import Encoder
 from cora.fileio import atomic_write_json
 from cora.languages import base_code
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import afriqa  # noqa: E402
 from flores import read_flores, sorted_ids  # noqa: E402
 
 PIVOT = "eng_Latn"
-# Query languages of the shipped tower's training data (stage 1 and the AfriQA loop), as base codes.
-# Compared through base_code, as every tag in cora is ('twi' and 'tw' are both Akan, 'ak', to langcodes).
-TRAINED = frozenset(base_code(c) for c in "ar de el en es hi ro ru th tr vi zh ko sw ja it".split()
-                    + "bem fon hau ibo kin swa twi wol yor zul".split())
+# Query languages of the shipped tower's training data (stage 1: cora.datasets.SQUAD_SOURCES, as in
+# recipes/train_mdpr.py; stage 2: the AfriQA loop), compared through base_code as every tag in cora is
+# ('twi' and 'twi_Latn' are both Akan, 'ak', to langcodes).
+TRAINED = frozenset(base_code(src.lang) for src in SQUAD_SOURCES) | frozenset(map(base_code, afriqa.LANGS))
 
 
 def recall_at(queries: np.ndarray, store: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict[str, float]:
